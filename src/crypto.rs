@@ -1,0 +1,263 @@
+//! The only module that calls cryptographic primitives: AEAD sealing and opening, nonce
+//! generation, associated-data construction and the domain-separation labels.
+//!
+//! - AES-256-GCM comes from `ring` (hardware AES and carry-less multiply where the CPU has
+//!   them); XChaCha20-Poly1305 from RustCrypto's `chacha20poly1305`.
+//! - Nonces come from `rand`'s thread-local CSPRNG (ChaCha12, seeded and periodically
+//!   reseeded from the operating system): a system call per nonce would cost more than the
+//!   encryption. See SECURITY.md for `fork()`.
+//! - A [`SecretCipher`] holds an expanded key. It is neither `Clone` nor constructible from
+//!   a seed, and it never chooses its own nonces: callers draw them with [`random_nonce`].
+
+use std::fmt;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use rand::Rng;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
+
+use crate::error::Error;
+use crate::keys::DataKey;
+
+/// Label that starts the associated data of every secret envelope.
+pub(crate) const SECRET_AAD_LABEL: &[u8] = b"credvault/v1/secret";
+/// Label that starts the context bound to every wrapped data key.
+pub(crate) const DEK_WRAP_LABEL: &[u8] = b"credvault/v1/dek-wrap";
+/// HMAC message from which a local master key's id is derived.
+pub(crate) const MASTER_KEY_ID_LABEL: &[u8] = b"credvault/v1/master-key-id";
+
+/// Length of every authentication tag, in bytes.
+pub const TAG_LEN: usize = 16;
+
+/// NIST SP 800-38D bound for AES-GCM with random 96-bit nonces is 2^32 encryptions per
+/// key; like HashiCorp Vault we stop at 0.9 x 2^32.
+pub(crate) const AES_GCM_MAX_ENCRYPTIONS: u64 = 3_865_470_566;
+
+/// An AEAD cipher suite. The suite of each data key is fixed when the key is created and
+/// recorded in every envelope it seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Suite {
+    /// AES-256-GCM with a random 96-bit nonce (suite byte `0x01`). The fastest suite on
+    /// CPUs with AES instructions; its usage bound is enforced by durable counting.
+    #[default]
+    Aes256Gcm,
+    /// XChaCha20-Poly1305 with a random 192-bit nonce (suite byte `0x02`). Constant-time
+    /// without AES hardware; random nonces are safe for any practical message count.
+    XChaCha20Poly1305,
+}
+
+impl Suite {
+    /// The byte that identifies this suite in stored formats.
+    #[must_use]
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Aes256Gcm => 1,
+            Self::XChaCha20Poly1305 => 2,
+        }
+    }
+
+    /// The suite a stored byte names, if this build knows it.
+    #[must_use]
+    pub const fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Aes256Gcm),
+            2 => Some(Self::XChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    /// Nonce length in bytes: 12 for AES-256-GCM, 24 for XChaCha20-Poly1305.
+    #[must_use]
+    pub const fn nonce_len(self) -> usize {
+        match self {
+            Self::Aes256Gcm => 12,
+            Self::XChaCha20Poly1305 => 24,
+        }
+    }
+
+    /// The most encryptions one key of this suite may perform with random nonces.
+    #[must_use]
+    pub const fn max_encryptions(self) -> u64 {
+        match self {
+            Self::Aes256Gcm => AES_GCM_MAX_ENCRYPTIONS,
+            // 2^64 random 192-bit nonces still collide with probability below 2^-64.
+            Self::XChaCha20Poly1305 => u64::MAX,
+        }
+    }
+}
+
+impl fmt::Display for Suite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Aes256Gcm => "AES-256-GCM",
+            Self::XChaCha20Poly1305 => "XChaCha20-Poly1305",
+        })
+    }
+}
+
+/// An expanded AEAD key. Deliberately not `Clone`: one key, one owner.
+pub(crate) struct SecretCipher {
+    imp: CipherImpl,
+}
+
+enum CipherImpl {
+    // ring does not zeroize its AES key schedule on drop; SECURITY.md says so.
+    Aes(LessSafeKey),
+    // chacha20poly1305 with the `zeroize` feature wipes the key on drop.
+    XChaCha(Box<XChaCha20Poly1305>),
+}
+
+impl SecretCipher {
+    /// Expands `key` for `suite`.
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] if the primitive refuses the key (it accepts every 32-byte
+    /// key, so this does not happen in practice).
+    pub(crate) fn new(suite: Suite, key: &DataKey) -> Result<Self, Error> {
+        let bytes = key.expose_secret();
+        let imp = match suite {
+            Suite::Aes256Gcm => {
+                let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| Error::Decryption)?;
+                CipherImpl::Aes(LessSafeKey::new(unbound))
+            }
+            Suite::XChaCha20Poly1305 => {
+                CipherImpl::XChaCha(Box::new(XChaCha20Poly1305::new(&(*bytes).into())))
+            }
+        };
+        Ok(Self { imp })
+    }
+
+    /// Encrypts `in_out` in place under `nonce` and `aad`, returning the tag.
+    ///
+    /// # Errors
+    /// Only for inputs beyond the primitive's length limit, far above the vault's.
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], Error> {
+        let too_long = || Error::invalid("secret", "too long for the cipher");
+        match &self.imp {
+            CipherImpl::Aes(key) => {
+                let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| too_long())?;
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), in_out)
+                    .map_err(|_| too_long())?;
+                let mut out = [0u8; TAG_LEN];
+                out.copy_from_slice(tag.as_ref());
+                Ok(out)
+            }
+            CipherImpl::XChaCha(key) => {
+                let nonce = XNonce::try_from(nonce).map_err(|_| too_long())?;
+                let tag = key
+                    .encrypt_inout_detached(&nonce, aad, in_out.into())
+                    .map_err(|_| too_long())?;
+                let mut out = [0u8; TAG_LEN];
+                out.copy_from_slice(&tag);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Decrypts `in_out` in place after verifying `tag`. On failure the buffer holds no
+    /// plaintext that the caller may use (it is zeroized here).
+    ///
+    /// # Errors
+    /// [`Error::Decryption`], whatever the cause.
+    pub(crate) fn open_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Error> {
+        let ok = match &self.imp {
+            CipherImpl::Aes(key) => Nonce::try_assume_unique_for_key(nonce).is_ok_and(|nonce| {
+                key.open_in_place_separate_tag(nonce, Aad::from(aad), Tag::from(*tag), in_out, 0..)
+                    .is_ok()
+            }),
+            CipherImpl::XChaCha(key) => XNonce::try_from(nonce).is_ok_and(|nonce| {
+                key.decrypt_inout_detached(&nonce, aad, in_out.into(), &(*tag).into())
+                    .is_ok()
+            }),
+        };
+        if ok {
+            Ok(())
+        } else {
+            zeroize::Zeroize::zeroize(in_out);
+            Err(Error::Decryption)
+        }
+    }
+}
+
+impl fmt::Debug for SecretCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretCipher([REDACTED])")
+    }
+}
+
+/// Fills `out` from the thread-local CSPRNG.
+pub(crate) fn random_nonce(out: &mut [u8]) {
+    rand::rng().fill_bytes(out);
+}
+
+/// Fills `out` directly from the operating system's generator (for keys, not nonces).
+pub(crate) fn os_random(out: &mut [u8]) -> Result<(), Error> {
+    use rand::TryRng;
+    rand::rngs::SysRng.try_fill_bytes(out).map_err(|_| Error::Entropy)
+}
+
+/// First 8 bytes of HMAC-SHA256(key, [`MASTER_KEY_ID_LABEL`]): a stable, non-reversible
+/// fingerprint used to name local master keys.
+pub(crate) fn key_fingerprint(key: &[u8; 32]) -> [u8; 8] {
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), MASTER_KEY_ID_LABEL);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(mac.as_ref().get(..8).unwrap_or(&[0; 8]));
+    out
+}
+
+/// Appends `field` with a big-endian u32 length prefix to a stack buffer.
+/// Returns `false` (and leaves the buffer unusable) if it would not fit.
+fn push_lp32(buf: &mut [u8], len: &mut usize, field: &[u8]) -> bool {
+    let Ok(field_len) = u32::try_from(field.len()) else { return false };
+    let end = *len + 4 + field.len();
+    let Some(dst) = buf.get_mut(*len..end) else { return false };
+    let (prefix, body) = dst.split_at_mut(4);
+    prefix.copy_from_slice(&field_len.to_be_bytes());
+    body.copy_from_slice(field);
+    *len = end;
+    true
+}
+
+/// Largest possible secret associated data: four length-prefixed fields.
+pub(crate) const SECRET_AAD_MAX: usize = 4 * 4
+    + SECRET_AAD_LABEL.len()
+    + crate::envelope::HEADER_LEN
+    + crate::ids::TenantId::MAX_LEN
+    + crate::ids::SecretName::MAX_LEN;
+
+/// The associated data of a secret envelope, built on the stack:
+/// `lp32(label) || lp32(header) || lp32(tenant) || lp32(name)`.
+pub(crate) struct SecretAad {
+    buf: [u8; SECRET_AAD_MAX],
+    len: usize,
+}
+
+impl SecretAad {
+    pub(crate) fn new(header: &[u8], tenant: &str, name: &str) -> Self {
+        let mut aad = Self { buf: [0; SECRET_AAD_MAX], len: 0 };
+        // Identifier types bound every field, so these always fit.
+        let fits = push_lp32(&mut aad.buf, &mut aad.len, SECRET_AAD_LABEL)
+            && push_lp32(&mut aad.buf, &mut aad.len, header)
+            && push_lp32(&mut aad.buf, &mut aad.len, tenant.as_bytes())
+            && push_lp32(&mut aad.buf, &mut aad.len, name.as_bytes());
+        debug_assert!(fits, "identifier bounds keep the AAD within SECRET_AAD_MAX");
+        aad
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}

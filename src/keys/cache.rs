@@ -1,0 +1,209 @@
+//! The in-process cache of unwrapped data keys.
+//!
+//! - Bounded: at most `capacity` entries; the oldest entry is evicted first.
+//! - Expiring: an entry older than `ttl` is a miss, so a key destroyed or rewrapped by
+//!   another process stops being used here within the TTL.
+//! - Single-flight: concurrent misses on one key share one unwrap.
+//! - Zeroizing: an evicted entry is dropped as soon as the last in-flight operation that
+//!   holds it finishes; dropping zeroizes what this crate owns (see SECURITY.md for the
+//!   AES key schedule inside `ring`).
+//!
+//! Entries are looked up by (tenant, DEK version): the envelope names both, so a
+//! steady-state read needs neither a data-key read from storage nor an unwrap. Rewrapping a
+//! data key under another master key does not change the key, so it does not invalidate
+//! its entry; destroying one does (`remove`, `remove_tenant`).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use crate::crypto::{SecretCipher, Suite};
+use crate::error::Error;
+use crate::ids::{DekVersion, TenantId};
+
+/// An unwrapped, expanded data key.
+#[derive(Debug)]
+pub(crate) struct CachedDek {
+    pub(crate) cipher: SecretCipher,
+    pub(crate) suite: Suite,
+}
+
+type Key = (TenantId, DekVersion);
+
+struct Slot {
+    cell: Arc<OnceCell<Arc<CachedDek>>>,
+    expires: Instant,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Slot>,
+    order: VecDeque<(Key, u64)>,
+    next_generation: u64,
+}
+
+/// See the module documentation.
+pub(crate) struct DekCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl DekCache {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { inner: Mutex::new(Inner::default()), capacity: capacity.max(1), ttl }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The map holds no invariant a panicking holder could break half-way.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached key, or the result of `load` (run once for all concurrent callers).
+    /// A failed load is not cached.
+    pub(crate) async fn get_or_load<F, Fut>(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        load: F,
+    ) -> Result<Arc<CachedDek>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedDek, Error>>,
+    {
+        let cell = self.slot(tenant, version);
+        if let Some(dek) = cell.get() {
+            return Ok(Arc::clone(dek));
+        }
+        tracing::trace!(dek_version = version.get(), "data key cache miss");
+        let dek = cell.get_or_try_init(|| async { load().await.map(Arc::new) }).await?;
+        Ok(Arc::clone(dek))
+    }
+
+    fn slot(&self, tenant: &TenantId, version: DekVersion) -> Arc<OnceCell<Arc<CachedDek>>> {
+        let now = Instant::now();
+        let key = (tenant.clone(), version);
+        let mut inner = self.lock();
+        if let Some(slot) = inner.map.get(&key) {
+            if slot.expires > now {
+                return Arc::clone(&slot.cell);
+            }
+        }
+        // Miss or expired: a fresh slot replaces the old one.
+        if inner.map.remove(&key).is_none() {
+            while inner.map.len() >= self.capacity {
+                let Some((old, generation)) = inner.order.pop_front() else { break };
+                if inner.map.get(&old).is_some_and(|s| s.generation == generation) {
+                    inner.map.remove(&old);
+                }
+            }
+        }
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        let cell = Arc::new(OnceCell::new());
+        inner.order.push_back((key.clone(), generation));
+        inner.map.insert(key, Slot { cell: Arc::clone(&cell), expires: now + self.ttl, generation });
+        // Keep the order queue from growing without bound when keys are replaced often.
+        if inner.order.len() > 2 * self.capacity + 16 {
+            let Inner { map, order, .. } = &mut *inner;
+            order.retain(|(k, g)| map.get(k).is_some_and(|s| s.generation == *g));
+        }
+        cell
+    }
+
+    /// Drops every entry of `tenant` (after its keys were destroyed or rewrapped).
+    #[allow(dead_code, reason = "used by tenant deletion and rotation")]
+    pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
+        let mut inner = self.lock();
+        inner.map.retain(|(t, _), _| t != tenant);
+    }
+
+    /// Drops one entry.
+    #[allow(dead_code, reason = "used by key destruction")]
+    pub(crate) fn remove(&self, tenant: &TenantId, version: DekVersion) {
+        self.lock().map.remove(&(tenant.clone(), version));
+    }
+
+    /// Number of live entries (for tests and metrics).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DataKey;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn dek() -> Result<CachedDek, Error> {
+        let key = DataKey::generate()?;
+        Ok(CachedDek {
+            cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
+            suite: Suite::Aes256Gcm,
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_load() -> Result<(), Error> {
+        let cache = Arc::new(DekCache::new(16, Duration::from_secs(60)));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let tenant = TenantId::new("t")?;
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (cache, loads, tenant) = (Arc::clone(&cache), Arc::clone(&loads), tenant.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load(&tenant, DekVersion::FIRST, || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        dek()
+                    })
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|_| Error::Config("task panicked"))??;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_entries_and_ttl_expires_them() -> Result<(), Error> {
+        let cache = DekCache::new(4, Duration::from_millis(30));
+        let tenant = TenantId::new("t")?;
+        for v in 1..=10 {
+            let version = DekVersion::new(v).ok_or(Error::Config("version"))?;
+            cache.get_or_load(&tenant, version, || async { dek() }).await?;
+        }
+        assert_eq!(cache.len(), 4);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let loads = AtomicUsize::new(0);
+        let version = DekVersion::new(10).ok_or(Error::Config("version"))?;
+        cache
+            .get_or_load(&tenant, version, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                dek()
+            })
+            .await?;
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "an expired entry must be reloaded");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_load_is_not_cached() -> Result<(), Error> {
+        let cache = DekCache::new(4, Duration::from_secs(60));
+        let tenant = TenantId::new("t")?;
+        let err = cache.get_or_load(&tenant, DekVersion::FIRST, || async { Err(Error::Decryption) }).await;
+        assert!(err.is_err());
+        cache.get_or_load(&tenant, DekVersion::FIRST, || async { dek() }).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Pluggable storage: the [`Store`] trait, its records, and the backends.
+//!
+//! A store keeps two kinds of records, both already encrypted by the vault:
+//! - [`DekRecord`]: a tenant's data key, wrapped by a master key, with its state and its
+//!   durable encryption count;
+//! - [`SecretRecord`]: a secret's envelope plus non-secret [`SecretMetadata`].
+//!
+//! A store never sees a plaintext secret or an unwrapped key.
+//!
+//! Backends: [`MemoryStore`] (always available) and `SqliteStore` (feature `sqlite`, on
+//! by default). A backend of your own is correct if it passes the conformance suite in
+//! `storage::conformance` (feature `conformance`).
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod memory;
+#[cfg(feature = "sqlite")]
+mod rows;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+use crate::crypto::Suite;
+use crate::error::Error;
+use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
+use crate::keys::WrappedDek;
+use crate::secret::SecretKind;
+
+/// Milliseconds since the Unix epoch (UTC), as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current time.
+    #[must_use]
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// A timestamp from milliseconds since the epoch.
+    #[must_use]
+    pub const fn from_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    /// Milliseconds since the epoch.
+    #[must_use]
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// As a [`SystemTime`].
+    #[must_use]
+    pub fn to_system_time(self) -> SystemTime {
+        let magnitude = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 { UNIX_EPOCH + magnitude } else { UNIX_EPOCH - magnitude }
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Self(match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |m| -m),
+        })
+    }
+}
+
+/// The life-cycle state of a data-key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DekState {
+    /// Encrypts new secrets. A tenant's highest `Active` version is the one in use.
+    Active,
+    /// Decrypts what it sealed but encrypts nothing new.
+    DecryptOnly,
+    /// Crypto-shredded: the wrapped key bytes are erased; nothing it sealed can be opened.
+    Destroyed,
+}
+
+impl DekState {
+    /// The stored byte for this state.
+    #[must_use]
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Active => 1,
+            Self::DecryptOnly => 2,
+            Self::Destroyed => 3,
+        }
+    }
+
+    /// The state a stored byte names.
+    #[must_use]
+    pub const fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Active),
+            2 => Some(Self::DecryptOnly),
+            3 => Some(Self::Destroyed),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant's data key, as stored: wrapped, never in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekRecord {
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// The data key's version.
+    pub version: DekVersion,
+    /// Its life-cycle state.
+    pub state: DekState,
+    /// The suite it encrypts secrets with (fixed for the key's lifetime).
+    pub suite: Suite,
+    /// The key, wrapped by a master key, with that master key's id.
+    pub wrapped: WrappedDek,
+    /// Encryptions reserved so far under this key (an upper bound on encryptions
+    /// performed), reserved in blocks so that counting costs one write per block.
+    pub encryptions_reserved: u64,
+    /// When the key was created.
+    pub created_at: Timestamp,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+    /// The row version, assigned by the store.
+    pub row_version: RowVersion,
+}
+
+/// The non-secret description of a stored secret. Listing returns these without touching
+/// any ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMetadata {
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// The secret's name.
+    pub name: SecretName,
+    /// What kind of secret it is.
+    pub kind: SecretKind,
+    /// The data-key version that sealed it.
+    pub dek_version: DekVersion,
+    /// When the secret was first stored.
+    pub created_at: Timestamp,
+    /// When it was last written.
+    pub updated_at: Timestamp,
+    /// The row version, assigned by the store.
+    pub row_version: RowVersion,
+}
+
+/// A stored secret: metadata plus the envelope (see `docs/format.md`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// The non-secret columns.
+    pub metadata: SecretMetadata,
+    /// The sealed envelope.
+    pub envelope: Vec<u8>,
+}
+
+impl fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("metadata", &self.metadata)
+            .field("envelope_len", &self.envelope.len())
+            .finish()
+    }
+}
+
+/// How a write treats an existing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Write only if no record exists; otherwise [`Error::AlreadyExists`].
+    Create,
+    /// Write only if the stored record has this row version; otherwise (including when no
+    /// record exists) [`Error::Conflict`].
+    Update(RowVersion),
+    /// Create, or replace whatever is stored, atomically (the row version still goes up
+    /// by one, so concurrent conditional writers notice).
+    Upsert,
+}
+
+/// A storage backend.
+///
+/// # Contract
+/// Every backend, ours or yours, must behave as follows; `storage::conformance` checks it.
+/// - **Atomic conditional writes.** `put_*` with [`PutMode::Create`] fails with
+///   [`Error::AlreadyExists`] if the record exists; with [`PutMode::Update`] it fails with
+///   [`Error::Conflict`] unless the stored row version equals the expected one. The check
+///   and the write are one atomic step, also against other processes sharing the backend.
+/// - **Row versions.** A created record has [`RowVersion::INITIAL`]; every successful
+///   update or upsert stores and returns the previous version plus one. The `row_version`
+///   field of a record passed in is ignored.
+/// - **Creation time is kept.** An update or upsert of an existing record keeps its stored
+///   `created_at`.
+/// - **Faithful storage.** Reads return exactly the bytes and values written; identifiers
+///   are compared byte for byte (no case folding, no pattern matching).
+/// - **Paged listing.** `list_secrets` returns the tenant's secrets with names strictly
+///   greater than `after`, in ascending byte order, at most `limit` of them;
+///   `list_tenants` does the same for tenants that have at least one data-key record.
+///   Paging through a stable data set yields every record exactly once.
+/// - **Errors.** A backend that cannot be reached returns [`Error::Unavailable`]; other
+///   failures [`Error::Storage`]. Server text goes in `source()` only.
+/// - **No secrets.** A store only ever receives ciphertext and wrapped keys; it must not
+///   log record contents.
+#[async_trait]
+pub trait Store: fmt::Debug + Send + Sync + 'static {
+    /// A short name for errors and logs (`memory`, `sqlite`, ...).
+    fn backend_name(&self) -> &'static str;
+
+    /// One data-key record.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error>;
+
+    /// Every data-key record of `tenant`, in ascending version order.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error>;
+
+    /// Writes a data-key record under `mode`; returns its new row version.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::Conflict`], [`Error::Unavailable`] or
+    /// [`Error::Storage`].
+    async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error>;
+
+    /// One secret record.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error>;
+
+    /// Writes a secret record under `mode`; returns its new row version.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`], [`Error::Conflict`], [`Error::Unavailable`] or
+    /// [`Error::Storage`].
+    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error>;
+
+    /// Deletes a secret; with `expected`, only if its row version matches. Returns whether
+    /// a record was deleted.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if `expected` does not match an existing record;
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error>;
+
+    /// Up to `limit` secrets of `tenant` named after `after`, in ascending name order.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretMetadata>, Error>;
+
+    /// Up to `limit` tenants that have data-key records, after `after`, ascending.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, Error>;
+}

@@ -1,0 +1,126 @@
+//! Conversion between records and the flat column values SQL backends store, with every
+//! stored value validated on the way back in (a row edited in the database is rejected
+//! with a [`FormatError`], never a panic).
+
+use super::{DekRecord, DekState, SecretMetadata, SecretRecord, Timestamp};
+use crate::crypto::Suite;
+use crate::error::{Error, FormatError, Structure};
+use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
+use crate::keys::WrappedDek;
+use crate::secret::SecretKind;
+
+const S: Structure = Structure::Record;
+
+fn bad(field: &'static str) -> Error {
+    Error::Format(FormatError::InvalidField(S, field))
+}
+
+fn small(value: i64, field: &'static str) -> Result<u8, Error> {
+    u8::try_from(value).map_err(|_| bad(field))
+}
+
+fn version(value: i64, field: &'static str) -> Result<DekVersion, Error> {
+    u32::try_from(value).ok().and_then(DekVersion::new).ok_or_else(|| bad(field))
+}
+
+fn unsigned(value: i64, field: &'static str) -> Result<u64, Error> {
+    u64::try_from(value).map_err(|_| bad(field))
+}
+
+/// A stored integer column for a `u64` (SQL integers are signed 64-bit).
+pub(crate) fn to_sql_u64(value: u64, field: &'static str) -> Result<i64, Error> {
+    i64::try_from(value).map_err(|_| Error::invalid(field, "exceeds the range of a stored integer"))
+}
+
+/// The columns of a data-key row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DekRow {
+    pub(crate) tenant: String,
+    pub(crate) version: i64,
+    pub(crate) state: i64,
+    pub(crate) suite: i64,
+    pub(crate) master_key_id: String,
+    pub(crate) wrapped: Vec<u8>,
+    pub(crate) encryptions_reserved: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) row_version: i64,
+}
+
+impl DekRow {
+    pub(crate) fn into_record(self) -> Result<DekRecord, Error> {
+        let suite_byte = small(self.suite, "suite")?;
+        Ok(DekRecord {
+            tenant: TenantId::new(&self.tenant).map_err(|_| bad("tenant"))?,
+            version: version(self.version, "version")?,
+            state: DekState::from_u8(small(self.state, "state")?).ok_or_else(|| bad("state"))?,
+            suite: Suite::from_u8(suite_byte).ok_or(Error::Format(FormatError::UnsupportedSuite(S, suite_byte)))?,
+            wrapped: WrappedDek::new(
+                MasterKeyId::new(&self.master_key_id).map_err(|_| bad("master key id"))?,
+                self.wrapped,
+            ),
+            encryptions_reserved: unsigned(self.encryptions_reserved, "encryptions reserved")?,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+            row_version: RowVersion(unsigned(self.row_version, "row version")?),
+        })
+    }
+
+    pub(crate) fn from_record(r: &DekRecord) -> Result<Self, Error> {
+        Ok(Self {
+            tenant: r.tenant.as_str().to_owned(),
+            version: i64::from(r.version.get()),
+            state: i64::from(r.state.as_u8()),
+            suite: i64::from(r.suite.as_u8()),
+            master_key_id: r.wrapped.master_key_id().as_str().to_owned(),
+            wrapped: r.wrapped.as_bytes().to_vec(),
+            encryptions_reserved: to_sql_u64(r.encryptions_reserved, "encryptions reserved")?,
+            created_at: r.created_at.as_millis(),
+            updated_at: r.updated_at.as_millis(),
+            row_version: to_sql_u64(r.row_version.0, "row version")?,
+        })
+    }
+}
+
+/// The metadata columns of a secret row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetaRow {
+    pub(crate) tenant: String,
+    pub(crate) name: String,
+    pub(crate) kind: i64,
+    pub(crate) dek_version: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) row_version: i64,
+}
+
+impl MetaRow {
+    pub(crate) fn into_metadata(self) -> Result<SecretMetadata, Error> {
+        Ok(SecretMetadata {
+            tenant: TenantId::new(&self.tenant).map_err(|_| bad("tenant"))?,
+            name: SecretName::new(&self.name).map_err(|_| bad("name"))?,
+            kind: SecretKind::from_u8(small(self.kind, "kind")?).ok_or_else(|| bad("kind"))?,
+            dek_version: version(self.dek_version, "DEK version")?,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+            row_version: RowVersion(unsigned(self.row_version, "row version")?),
+        })
+    }
+
+    pub(crate) fn from_metadata(m: &SecretMetadata) -> Result<Self, Error> {
+        Ok(Self {
+            tenant: m.tenant.as_str().to_owned(),
+            name: m.name.as_str().to_owned(),
+            kind: i64::from(m.kind.as_u8()),
+            dek_version: i64::from(m.dek_version.get()),
+            created_at: m.created_at.as_millis(),
+            updated_at: m.updated_at.as_millis(),
+            row_version: to_sql_u64(m.row_version.0, "row version")?,
+        })
+    }
+}
+
+/// A secret row: metadata columns plus the envelope.
+pub(crate) fn secret_record(meta: MetaRow, envelope: Vec<u8>) -> Result<SecretRecord, Error> {
+    Ok(SecretRecord { metadata: meta.into_metadata()?, envelope })
+}

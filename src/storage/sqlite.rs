@@ -1,0 +1,495 @@
+//! [`SqliteStore`]: the embedded default backend (feature `sqlite`).
+//!
+//! - WAL journal, `synchronous = FULL` by default (an acknowledged write survives power
+//!   loss), a busy timeout so that several processes can share one file.
+//! - Every conditional write is a single SQL statement (`INSERT .. ON CONFLICT DO
+//!   NOTHING`, `UPDATE .. WHERE row_version = ?`, `INSERT .. ON CONFLICT DO UPDATE`), so it
+//!   is atomic against other connections and other processes.
+//! - The schema is created and migrated by the crate inside a `BEGIN IMMEDIATE`
+//!   transaction: idempotent, and safe when several processes open the file at once. A
+//!   file written by a newer schema version is refused.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite};
+
+use super::rows::{DekRow, MetaRow, secret_record, to_sql_u64};
+use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
+use crate::error::Error;
+use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
+
+const BACKEND: &str = "sqlite";
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS credvault_deks (
+        tenant TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        suite INTEGER NOT NULL,
+        master_key_id TEXT NOT NULL,
+        wrapped BLOB NOT NULL,
+        encryptions_reserved INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        row_version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, version)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS credvault_secrets (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        dek_version INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        row_version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS credvault_secrets_by_dek ON credvault_secrets (tenant, dek_version)",
+];
+
+macro_rules! dek_columns {
+    () => {
+        "tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version"
+    };
+}
+macro_rules! meta_columns {
+    () => {
+        "tenant, name, kind, dek_version, created_at, updated_at, row_version"
+    };
+}
+
+/// Where and how to open a [`SqliteStore`].
+#[derive(Clone)]
+pub struct SqliteOptions {
+    path: Option<PathBuf>,
+    busy_timeout: Duration,
+    max_connections: u32,
+    durable: bool,
+}
+
+impl SqliteOptions {
+    /// A database file, created if missing.
+    pub fn file(path: impl AsRef<Path>) -> Self {
+        Self { path: Some(path.as_ref().to_path_buf()), busy_timeout: Duration::from_secs(10), max_connections: 8, durable: true }
+    }
+
+    /// A private in-memory database, gone when the store is dropped.
+    #[must_use]
+    pub fn in_memory() -> Self {
+        Self { path: None, busy_timeout: Duration::from_secs(10), max_connections: 1, durable: true }
+    }
+
+    /// How long a write waits for another connection or process to release the file
+    /// (default 10 s) before failing with [`Error::Unavailable`].
+    #[must_use]
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Pool size for a file database (default 8). An in-memory database always uses one
+    /// connection, which owns the data.
+    #[must_use]
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// `synchronous = FULL` (the default, `true`): every acknowledged write survives a power
+    /// loss. `false` selects `NORMAL`: faster, and still never corrupt, but the last
+    /// commits before a power loss may be lost.
+    #[must_use]
+    pub fn with_durable_commits(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+}
+
+impl fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("path", &self.path)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("durable", &self.durable)
+            .finish()
+    }
+}
+
+/// A [`Store`] in a SQLite database. See the module documentation.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: Option<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the file cannot be opened; [`Error::Config`] if it holds
+    /// a newer schema; [`Error::Storage`] otherwise.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::with_options(SqliteOptions::file(path)).await
+    }
+
+    /// A private in-memory database.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn open_in_memory() -> Result<Self, Error> {
+        Self::with_options(SqliteOptions::in_memory()).await
+    }
+
+    /// Opens a database with explicit options.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn with_options(options: SqliteOptions) -> Result<Self, Error> {
+        let connect = match &options.path {
+            Some(path) => SqliteConnectOptions::new().filename(path).create_if_missing(true),
+            None => SqliteConnectOptions::from_str("sqlite::memory:").map_err(map_err)?,
+        }
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if options.durable { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+        .busy_timeout(options.busy_timeout)
+        .foreign_keys(true);
+        let mut pool = SqlitePoolOptions::new().max_connections(options.max_connections);
+        if options.path.is_none() {
+            // The single connection owns the in-memory database: never recycle it.
+            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None).max_connections(1);
+        }
+        let pool = pool.connect_with(connect).await.map_err(map_err)?;
+        let store = Self { pool, path: options.path };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Uses a pool the caller already has, creating or migrating the schema in it.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self, Error> {
+        let store = Self { pool, path: None };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The underlying pool.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Creates or upgrades the schema. Idempotent; safe to run from several processes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the database was written by a newer schema version.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS credvault_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM credvault_schema WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        match current {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(Error::Config("the SQLite database was written by a newer credvault schema"));
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            _ => {
+                for statement in MIGRATION_V1 {
+                    sqlx::query(*statement).execute(&mut *tx).await.map_err(map_err)?;
+                }
+                sqlx::query("INSERT INTO credvault_schema (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET version = excluded.version")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        tx.commit().await.map_err(map_err)
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Maps a driver error to the crate's categories; the driver's text stays in `source()`.
+fn map_err(e: sqlx::Error) -> Error {
+    let busy = match &e {
+        sqlx::Error::Database(db) => {
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    };
+    if busy { Error::unavailable(BACKEND, e) } else { Error::storage(BACKEND, e) }
+}
+
+fn dek_row(row: &SqliteRow) -> Result<DekRecord, Error> {
+    DekRow {
+        tenant: row.try_get(0).map_err(map_err)?,
+        version: row.try_get(1).map_err(map_err)?,
+        state: row.try_get(2).map_err(map_err)?,
+        suite: row.try_get(3).map_err(map_err)?,
+        master_key_id: row.try_get(4).map_err(map_err)?,
+        wrapped: row.try_get(5).map_err(map_err)?,
+        encryptions_reserved: row.try_get(6).map_err(map_err)?,
+        created_at: row.try_get(7).map_err(map_err)?,
+        updated_at: row.try_get(8).map_err(map_err)?,
+        row_version: row.try_get(9).map_err(map_err)?,
+    }
+    .into_record()
+}
+
+fn meta_row(row: &SqliteRow) -> Result<MetaRow, Error> {
+    Ok(MetaRow {
+        tenant: row.try_get(0).map_err(map_err)?,
+        name: row.try_get(1).map_err(map_err)?,
+        kind: row.try_get(2).map_err(map_err)?,
+        dek_version: row.try_get(3).map_err(map_err)?,
+        created_at: row.try_get(4).map_err(map_err)?,
+        updated_at: row.try_get(5).map_err(map_err)?,
+        row_version: row.try_get(6).map_err(map_err)?,
+    })
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error> {
+        let sql = concat!("SELECT ", dek_columns!(), " FROM credvault_deks WHERE tenant = ? AND version = ?");
+        let row = sqlx::query(sql)
+            .bind(tenant.as_str())
+            .bind(i64::from(version.get()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(dek_row).transpose()
+    }
+
+    async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
+        let sql = concat!("SELECT ", dek_columns!(), " FROM credvault_deks WHERE tenant = ? ORDER BY version");
+        let rows = sqlx::query(sql).bind(tenant.as_str()).fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter().map(dek_row).collect()
+    }
+
+    async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
+        let row = DekRow::from_record(&record)?;
+        let what = "data key";
+        let bind_all = |q: Query<'static>, row: DekRow| {
+            q.bind(row.tenant)
+                .bind(row.version)
+                .bind(row.state)
+                .bind(row.suite)
+                .bind(row.master_key_id)
+                .bind(row.wrapped)
+                .bind(row.encryptions_reserved)
+                .bind(row.created_at)
+                .bind(row.updated_at)
+        };
+        match mode {
+            PutMode::Create => {
+                let q = sqlx::query(
+                    "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, version) DO NOTHING",
+                );
+                let done = bind_all(q, row).execute(&self.pool).await.map_err(map_err)?;
+                if done.rows_affected() == 1 { Ok(RowVersion::INITIAL) } else { Err(Error::AlreadyExists { what }) }
+            }
+            PutMode::Update(expected) => {
+                let next = expected.next().ok_or(Error::Conflict { what })?;
+                let done = sqlx::query(
+                    "UPDATE credvault_deks SET state = ?, suite = ?, master_key_id = ?, wrapped = ?, encryptions_reserved = ?,
+                     updated_at = ?, row_version = row_version + 1
+                     WHERE tenant = ? AND version = ? AND row_version = ?",
+                )
+                .bind(row.state)
+                .bind(row.suite)
+                .bind(row.master_key_id)
+                .bind(row.wrapped)
+                .bind(row.encryptions_reserved)
+                .bind(row.updated_at)
+                .bind(row.tenant)
+                .bind(row.version)
+                .bind(to_sql_u64(expected.0, "row version")?)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 1 { Ok(next) } else { Err(Error::Conflict { what }) }
+            }
+            PutMode::Upsert => {
+                let q = sqlx::query(
+                    "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                     ON CONFLICT (tenant, version) DO UPDATE SET state = excluded.state, suite = excluded.suite,
+                       master_key_id = excluded.master_key_id, wrapped = excluded.wrapped,
+                       encryptions_reserved = excluded.encryptions_reserved, updated_at = excluded.updated_at,
+                       row_version = credvault_deks.row_version + 1
+                     RETURNING row_version",
+                );
+                let v: i64 = bind_all(q, row).fetch_one(&self.pool).await.map_err(map_err)?.try_get(0).map_err(map_err)?;
+                u64::try_from(v).map(RowVersion).map_err(|_| Error::Conflict { what })
+            }
+        }
+    }
+
+    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error> {
+        let sql = concat!("SELECT ", meta_columns!(), ", envelope FROM credvault_secrets WHERE tenant = ? AND name = ?");
+        let row = sqlx::query(sql)
+            .bind(tenant.as_str())
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        match row {
+            Some(row) => {
+                let envelope: Vec<u8> = row.try_get(7).map_err(map_err)?;
+                secret_record(meta_row(&row)?, envelope).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+        let row = MetaRow::from_metadata(&record.metadata)?;
+        let envelope = record.envelope;
+        let what = "secret";
+        match mode {
+            PutMode::Create => {
+                let done = sqlx::query(
+                    "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, name) DO NOTHING",
+                )
+                .bind(row.tenant)
+                .bind(row.name)
+                .bind(row.kind)
+                .bind(row.dek_version)
+                .bind(envelope)
+                .bind(row.created_at)
+                .bind(row.updated_at)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 1 { Ok(RowVersion::INITIAL) } else { Err(Error::AlreadyExists { what }) }
+            }
+            PutMode::Update(expected) => {
+                let next = expected.next().ok_or(Error::Conflict { what })?;
+                let done = sqlx::query(
+                    "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = row_version + 1
+                     WHERE tenant = ? AND name = ? AND row_version = ?",
+                )
+                .bind(row.kind)
+                .bind(row.dek_version)
+                .bind(envelope)
+                .bind(row.updated_at)
+                .bind(row.tenant)
+                .bind(row.name)
+                .bind(to_sql_u64(expected.0, "row version")?)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 1 { Ok(next) } else { Err(Error::Conflict { what }) }
+            }
+            PutMode::Upsert => {
+                let v: i64 = sqlx::query(
+                    "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                     ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
+                       envelope = excluded.envelope, updated_at = excluded.updated_at,
+                       row_version = credvault_secrets.row_version + 1
+                     RETURNING row_version",
+                )
+                .bind(row.tenant)
+                .bind(row.name)
+                .bind(row.kind)
+                .bind(row.dek_version)
+                .bind(envelope)
+                .bind(row.created_at)
+                .bind(row.updated_at)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?
+                .try_get(0)
+                .map_err(map_err)?;
+                u64::try_from(v).map(RowVersion).map_err(|_| Error::Conflict { what })
+            }
+        }
+    }
+
+    async fn delete_secret(&self, tenant: &TenantId, name: &SecretName, expected: Option<RowVersion>) -> Result<bool, Error> {
+        let done = match expected {
+            None => sqlx::query("DELETE FROM credvault_secrets WHERE tenant = ? AND name = ?")
+                .bind(tenant.as_str())
+                .bind(name.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?,
+            Some(v) => sqlx::query("DELETE FROM credvault_secrets WHERE tenant = ? AND name = ? AND row_version = ?")
+                .bind(tenant.as_str())
+                .bind(name.as_str())
+                .bind(to_sql_u64(v.0, "row version")?)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?,
+        };
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        if expected.is_some() && self.get_secret(tenant, name).await?.is_some() {
+            return Err(Error::Conflict { what: "secret" });
+        }
+        Ok(false)
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId, after: Option<&SecretName>, n: usize) -> Result<Vec<SecretMetadata>, Error> {
+        let sql = concat!("SELECT ", meta_columns!(), " FROM credvault_secrets WHERE tenant = ? AND name > ? ORDER BY name LIMIT ?");
+        let rows = sqlx::query(sql)
+            .bind(tenant.as_str())
+            .bind(after.map_or("", SecretName::as_str))
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(|r| meta_row(r)?.into_metadata()).collect()
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, n: usize) -> Result<Vec<TenantId>, Error> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT tenant FROM credvault_deks WHERE tenant > ? ORDER BY tenant LIMIT ?",
+        )
+        .bind(after.map_or("", TenantId::as_str))
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|t| TenantId::new(t).map_err(|_| Error::Format(crate::FormatError::InvalidField(crate::Structure::Record, "tenant"))))
+            .collect()
+    }
+}

@@ -1,0 +1,92 @@
+//! [`Vault`]: the API services call. It composes a [`Store`], a [`MasterKeyRing`] and the
+//! in-process key caches; it is cheap to clone and safe to share between tasks and with
+//! other processes that use the same store.
+
+mod active;
+mod builder;
+mod ops;
+
+use std::sync::Arc;
+
+pub use builder::{
+    DEFAULT_MAX_ENCRYPTIONS_AES, DEFAULT_MAX_ENCRYPTIONS_XCHACHA, DEFAULT_MAX_SECRET_SIZE,
+    MAX_SECRET_SIZE_LIMIT, VaultBuilder,
+};
+
+use crate::keys::{DekCache, MasterKeyRing};
+use crate::storage::Store;
+use active::ActiveKeys;
+use builder::Config;
+
+/// An envelope-encrypted, multi-tenant secret store.
+///
+/// Each tenant has its own data keys (see [`Vault::create_tenant`]); every secret is sealed
+/// under its tenant's current data key and bound to its tenant, name and kind. Clones share
+/// one set of caches.
+///
+/// Several `Vault`s — in one process or in many — may share one store: every write that can
+/// race is a conditional write in the store, never an in-process lock.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    keys: MasterKeyRing,
+    config: Config,
+    deks: DekCache,
+    active: ActiveKeys,
+}
+
+/// What [`Vault::create_tenant`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TenantCreation {
+    /// This call created the tenant's first data key.
+    Created,
+    /// The tenant already had an active data key (perhaps created concurrently by another
+    /// instance a moment ago); nothing was written.
+    AlreadyExisted,
+}
+
+impl Vault {
+    /// Starts configuring a vault over `store`, with master keys `keys`.
+    pub fn builder(store: impl Store, keys: MasterKeyRing) -> VaultBuilder {
+        VaultBuilder::new(Arc::new(store), keys)
+    }
+
+    /// [`Self::builder`] for a store that is already shared (for example with another
+    /// vault instance).
+    #[must_use]
+    pub fn builder_with_store(store: Arc<dyn Store>, keys: MasterKeyRing) -> VaultBuilder {
+        VaultBuilder::new(store, keys)
+    }
+
+    /// A vault with default settings.
+    pub fn new(store: impl Store, keys: MasterKeyRing) -> Self {
+        VaultBuilder::new(Arc::new(store), keys).build_unchecked()
+    }
+
+    /// The store this vault writes to.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The master keys this vault uses.
+    #[must_use]
+    pub fn master_keys(&self) -> &MasterKeyRing {
+        &self.inner.keys
+    }
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("store", &self.inner.store.backend_name())
+            .field("keys", &self.inner.keys)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,258 @@
+//! Which data key encrypts a tenant's new secrets, and durable nonce accounting.
+//!
+//! Random 96-bit nonces are safe for about 2^32 encryptions per key, so every encryption
+//! is counted against the key's [`DekRecord::encryptions_reserved`]. A process reserves a
+//! block of counts with one conditional write, spends it from an in-memory counter, and
+//! reserves the next block when it runs out. Counts reserved but unused when a process
+//! exits are forfeited: the stored figure is always an upper bound on real encryptions.
+//! When a key's reservations reach the configured limit, the tenant is rolled to a new
+//! data-key version (create-only, so racing processes end with exactly one new version)
+//! and the old version becomes decrypt-only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::Inner;
+use crate::error::Error;
+use crate::ids::{DekVersion, RowVersion, TenantId};
+use crate::keys::{CachedDek, DataKey, WrapContext};
+use crate::storage::{DekRecord, DekState, PutMode, Timestamp};
+
+/// Conditional-write retries before giving up with [`Error::Conflict`].
+const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// The data key a tenant currently encrypts with, as known to this process.
+pub(crate) struct ActiveDek {
+    pub(crate) version: DekVersion,
+    pub(crate) dek: Arc<CachedDek>,
+    /// Encryptions left in this process's reserved block.
+    remaining: AtomicU64,
+    /// Serializes refills of this entry within the process.
+    refill: tokio::sync::Mutex<()>,
+    expires: Instant,
+}
+
+impl ActiveDek {
+    /// Spends one reserved encryption, if any is left.
+    pub(crate) fn try_take(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Per-tenant [`ActiveDek`]s, bounded in number and refreshed after a TTL.
+pub(crate) struct ActiveKeys {
+    map: Mutex<HashMap<TenantId, Arc<ActiveDek>>>,
+    capacity: usize,
+}
+
+impl ActiveKeys {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { map: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, Arc<ActiveDek>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh(&self, tenant: &TenantId) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
+        let map = self.lock();
+        match map.get(tenant) {
+            Some(a) if a.expires > Instant::now() => (Some(Arc::clone(a)), None),
+            Some(a) => (None, Some(Arc::clone(a))),
+            None => (None, None),
+        }
+    }
+
+    fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>) {
+        let mut map = self.lock();
+        if map.len() >= self.capacity && !map.contains_key(tenant) {
+            let now = Instant::now();
+            map.retain(|_, a| a.expires > now);
+            if map.len() >= self.capacity {
+                if let Some(victim) = map.keys().next().cloned() {
+                    map.remove(&victim);
+                }
+            }
+        }
+        map.insert(tenant.clone(), active);
+    }
+
+    /// Forgets `tenant`'s entry if it is still `stale`.
+    pub(crate) fn forget(&self, tenant: &TenantId, stale: &Arc<ActiveDek>) {
+        let mut map = self.lock();
+        if map.get(tenant).is_some_and(|a| Arc::ptr_eq(a, stale)) {
+            map.remove(tenant);
+        }
+    }
+
+    /// Forgets every entry of `tenant`.
+    #[allow(dead_code, reason = "used by tenant deletion")]
+    pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
+        self.lock().remove(tenant);
+    }
+}
+
+impl Inner {
+    /// Unwraps `record` into a cache entry, checking that it is the record asked for.
+    pub(crate) async fn unwrap_record(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        record: Option<DekRecord>,
+    ) -> Result<CachedDek, Error> {
+        let record = match record {
+            Some(r) => r,
+            None => self.store.get_dek(tenant, version).await?.ok_or(Error::KeyMissing { version })?,
+        };
+        if record.state == DekState::Destroyed {
+            return Err(Error::KeyDestroyed { version });
+        }
+        // A store that returns another row than the one asked for is caught here as well
+        // as by the binding below.
+        if &record.tenant != tenant || record.version != version {
+            return Err(Error::Decryption);
+        }
+        let master_key_id = record.wrapped.master_key_id().clone();
+        let provider = self.keys.get(&master_key_id)?;
+        let context = WrapContext { tenant, dek_version: version, suite: record.suite, master_key_id: &master_key_id };
+        let dek = provider.unwrap(&record.wrapped, &context).await?;
+        let cipher = crate::crypto::SecretCipher::new(record.suite, &dek)?;
+        tracing::debug!(dek_version = version.get(), "unwrapped a data key");
+        Ok(CachedDek { cipher, suite: record.suite, master_key_id })
+    }
+
+    /// Wraps a fresh data key for `tenant` at `version` under the active master key.
+    pub(crate) async fn mint_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<DekRecord, Error> {
+        let dek = DataKey::generate()?;
+        let provider = self.keys.active();
+        let suite = self.config.suite;
+        let context = WrapContext { tenant, dek_version: version, suite, master_key_id: provider.id() };
+        let wrapped = provider.wrap(&dek, &context).await?;
+        let now = Timestamp::now();
+        Ok(DekRecord {
+            tenant: tenant.clone(),
+            version,
+            state: DekState::Active,
+            suite,
+            wrapped,
+            encryptions_reserved: 0,
+            created_at: now,
+            updated_at: now,
+            row_version: RowVersion::INITIAL,
+        })
+    }
+
+    /// The tenant's active data key, from the cache or the store.
+    pub(crate) async fn active_dek(&self, tenant: &TenantId) -> Result<Arc<ActiveDek>, Error> {
+        let (fresh, expired) = self.active.fresh(tenant);
+        if let Some(active) = fresh {
+            return Ok(active);
+        }
+        let deks = self.store.list_deks(tenant).await?;
+        let record = deks
+            .into_iter()
+            .filter(|r| r.state == DekState::Active)
+            .max_by_key(|r| r.version)
+            .ok_or(Error::TenantNotFound)?;
+        let version = record.version;
+        let dek = self
+            .deks
+            .get_or_load(tenant, version, || self.unwrap_record(tenant, version, Some(record)))
+            .await?;
+        // Keep what is left of this process's block if the active version did not change.
+        let carried = expired
+            .filter(|old| old.version == version)
+            .map_or(0, |old| old.remaining.swap(0, Ordering::AcqRel));
+        let active = Arc::new(ActiveDek {
+            version,
+            dek,
+            remaining: AtomicU64::new(carried),
+            refill: tokio::sync::Mutex::new(()),
+            expires: Instant::now() + self.config.active_key_ttl,
+        });
+        self.active.insert(tenant, Arc::clone(&active));
+        Ok(active)
+    }
+
+    /// Reserves one encryption under the tenant's active key: from the in-memory block, or
+    /// by reserving a new block in the store, or by rolling the tenant to a new version.
+    /// Returns the key to encrypt with.
+    pub(crate) async fn reserve_encryption(&self, tenant: &TenantId) -> Result<Arc<ActiveDek>, Error> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let active = self.active_dek(tenant).await?;
+            if active.try_take() {
+                return Ok(active);
+            }
+            let reserved = {
+                let _guard = active.refill.lock().await;
+                active.try_take() || self.reserve_block(tenant, &active).await?
+            };
+            if reserved {
+                return Ok(active);
+            }
+            self.active.forget(tenant, &active);
+        }
+        Err(Error::Conflict { what: "data key" })
+    }
+
+    /// Reserves a block for `active` in the store and takes one count from it. Returns
+    /// `false` if `active` is no longer the version to use (rotated, rolled or destroyed).
+    async fn reserve_block(&self, tenant: &TenantId, active: &ActiveDek) -> Result<bool, Error> {
+        let limit = |suite| self.config.max_encryptions(suite);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let version = active.version;
+            let record = self.store.get_dek(tenant, version).await?.ok_or(Error::KeyMissing { version })?;
+            if record.state != DekState::Active {
+                return Ok(false);
+            }
+            let max = limit(record.suite);
+            let used = record.encryptions_reserved;
+            if used >= max {
+                self.roll(tenant, record).await?;
+                return Ok(false);
+            }
+            let grant = self.config.reservation_block.min(max - used);
+            let expected = record.row_version;
+            let mut updated = record;
+            updated.encryptions_reserved = used + grant;
+            updated.updated_at = Timestamp::now();
+            match self.store.put_dek(updated, PutMode::Update(expected)).await {
+                Ok(_) => {
+                    // One of the granted counts is this caller's.
+                    active.remaining.fetch_add(grant - 1, Ordering::AcqRel);
+                    tracing::trace!(dek_version = version.get(), grant, "reserved encryptions");
+                    return Ok(true);
+                }
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict { what: "data key" })
+    }
+
+    /// Rolls `tenant` from the exhausted `old` key to a new version. Create-only: if another
+    /// process rolled first, its version is used. The new version is written before the old
+    /// one is demoted, so a crash in between leaves two active versions, of which the
+    /// higher is used.
+    async fn roll(&self, tenant: &TenantId, old: DekRecord) -> Result<(), Error> {
+        let next = old.version.next().ok_or(Error::Config("data key versions exhausted"))?;
+        let record = self.mint_dek(tenant, next).await?;
+        match self.store.put_dek(record, PutMode::Create).await {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(from = old.version.get(), to = next.get(), "data key reached its usage limit; rolled");
+        let expected = old.row_version;
+        let mut demoted = old;
+        demoted.state = DekState::DecryptOnly;
+        demoted.updated_at = Timestamp::now();
+        match self.store.put_dek(demoted, PutMode::Update(expected)).await {
+            Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
