@@ -122,7 +122,7 @@ impl Inner {
         let dek = provider.unwrap(&record.wrapped, &context).await?;
         let cipher = crate::crypto::SecretCipher::new(record.suite, &dek)?;
         tracing::debug!(dek_version = version.get(), "unwrapped a data key");
-        Ok(CachedDek { cipher, suite: record.suite, master_key_id })
+        Ok(CachedDek { cipher, suite: record.suite })
     }
 
     /// Wraps a fresh data key for `tenant` at `version` under the active master key.
