@@ -47,6 +47,8 @@ pub mod keys;
 pub mod secret;
 pub mod storage;
 mod vault;
+#[cfg(test)]
+mod worked_example;
 
 pub use crypto::{Suite, TAG_LEN};
 pub use error::{BoxError, Error, ErrorKind, FormatError, Structure};
