@@ -1,0 +1,389 @@
+//! The storage conformance suite (feature `conformance`): one set of checks that every
+//! [`Store`] must pass — ours and yours.
+//!
+//! Each check is an async function taking a fresh handle to the store under test. Checks
+//! use tenant ids with a random prefix, so they can run concurrently against one shared
+//! database that also holds other data.
+//!
+//! The [`store_conformance_tests!`](crate::store_conformance_tests) macro turns the whole
+//! suite into one `#[tokio::test]` per check:
+//!
+//! ```ignore
+//! credvault::store_conformance_tests!(async { Some(std::sync::Arc::new(MyStore::connect().await)) });
+//! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs,
+    reason = "conformance checks are test assertions; each check's name is its documentation"
+)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
+use crate::crypto::Suite;
+use crate::error::{Error, ErrorKind};
+use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
+use crate::keys::WrappedDek;
+use crate::secret::SecretKind;
+
+/// A tenant id no other check (or earlier run) uses.
+#[must_use]
+pub fn unique_tenant(label: &str) -> TenantId {
+    let mut r = [0u8; 6];
+    crate::crypto::random_nonce(&mut r);
+    let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    TenantId::new(format!("conf-{suffix}-{label}")).unwrap()
+}
+
+fn name(s: &str) -> SecretName {
+    SecretName::new(s).unwrap()
+}
+
+/// A data-key record with recognisable contents.
+#[must_use]
+pub fn dek_record(tenant: &TenantId, version: u32, fill: u8) -> DekRecord {
+    DekRecord {
+        tenant: tenant.clone(),
+        version: DekVersion::new(version).unwrap(),
+        state: DekState::Active,
+        suite: Suite::Aes256Gcm,
+        wrapped: WrappedDek::new(MasterKeyId::new("conformance-kek").unwrap(), vec![fill; 78]),
+        encryptions_reserved: u64::from(fill),
+        created_at: Timestamp::from_millis(1_700_000_000_000 + i64::from(fill)),
+        updated_at: Timestamp::from_millis(1_700_000_000_000 + i64::from(fill)),
+        row_version: RowVersion(999),
+    }
+}
+
+/// A secret record with the given envelope bytes (a store never looks inside).
+#[must_use]
+pub fn secret_record(tenant: &TenantId, secret: &SecretName, envelope: Vec<u8>) -> SecretRecord {
+    SecretRecord {
+        metadata: SecretMetadata {
+            tenant: tenant.clone(),
+            name: secret.clone(),
+            kind: SecretKind::ApiKey,
+            dek_version: DekVersion::FIRST,
+            created_at: Timestamp::from_millis(1_700_000_000_000),
+            updated_at: Timestamp::from_millis(1_700_000_000_000),
+            row_version: RowVersion(999),
+        },
+        envelope,
+    }
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind(),
+    }
+}
+
+pub async fn dek_create_is_create_only(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-create");
+    assert_eq!(store.put_dek(dek_record(&t, 1, 1), PutMode::Create).await.unwrap(), RowVersion::INITIAL);
+    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Create).await), ErrorKind::AlreadyExists);
+    let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
+    assert_eq!(stored.wrapped.as_bytes(), &[1; 78][..], "a refused create must not overwrite");
+    assert_eq!(stored.row_version, RowVersion::INITIAL);
+}
+
+pub async fn dek_update_requires_the_stored_row_version(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-update");
+    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 1), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
+    store.put_dek(dek_record(&t, 1, 1), PutMode::Create).await.unwrap();
+    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Update(RowVersion(7))).await), ErrorKind::Conflict);
+    let mut changed = dek_record(&t, 1, 3);
+    changed.state = DekState::DecryptOnly;
+    changed.encryptions_reserved = u64::from(u32::MAX) + 5;
+    changed.created_at = Timestamp::from_millis(5);
+    assert_eq!(store.put_dek(changed, PutMode::Update(RowVersion::INITIAL)).await.unwrap(), RowVersion(2));
+    let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
+    assert_eq!(stored.state, DekState::DecryptOnly);
+    assert_eq!(stored.encryptions_reserved, u64::from(u32::MAX) + 5);
+    assert_eq!(stored.wrapped.as_bytes(), &[3; 78][..]);
+    assert_eq!(stored.row_version, RowVersion(2));
+    assert_eq!(stored.created_at, dek_record(&t, 1, 1).created_at, "created_at is kept");
+    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 4), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
+}
+
+pub async fn dek_upsert_creates_then_increments(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-upsert");
+    assert_eq!(store.put_dek(dek_record(&t, 2, 1), PutMode::Upsert).await.unwrap(), RowVersion::INITIAL);
+    assert_eq!(store.put_dek(dek_record(&t, 2, 2), PutMode::Upsert).await.unwrap(), RowVersion(2));
+    let stored = store.get_dek(&t, DekVersion::new(2).unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.wrapped.as_bytes(), &[2; 78][..]);
+    assert_eq!(stored.created_at, dek_record(&t, 2, 1).created_at);
+}
+
+pub async fn dek_records_round_trip_exactly(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-exact");
+    let mut record = dek_record(&t, u32::MAX, 9);
+    record.suite = Suite::XChaCha20Poly1305;
+    record.state = DekState::Destroyed;
+    record.wrapped = WrappedDek::new(MasterKeyId::new("arn:aws:kms:eu-west-1:1:key/a+b=c@d").unwrap(), (0..=255).collect());
+    record.encryptions_reserved = i64::MAX as u64;
+    record.created_at = Timestamp::from_millis(-1);
+    record.updated_at = Timestamp::from_millis(i64::MAX);
+    store.put_dek(record.clone(), PutMode::Create).await.unwrap();
+    let stored = store.get_dek(&t, record.version).await.unwrap().unwrap();
+    record.row_version = RowVersion::INITIAL;
+    assert_eq!(stored, record);
+    assert!(store.get_dek(&t, DekVersion::FIRST).await.unwrap().is_none());
+}
+
+pub async fn list_deks_is_ascending_and_per_tenant(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-list");
+    let other = unique_tenant("dek-list-other");
+    for v in [3, 1, 2, 10] {
+        store.put_dek(dek_record(&t, v, 1), PutMode::Create).await.unwrap();
+    }
+    store.put_dek(dek_record(&other, 1, 1), PutMode::Create).await.unwrap();
+    let versions: Vec<u32> = store.list_deks(&t).await.unwrap().iter().map(|r| r.version.get()).collect();
+    assert_eq!(versions, [1, 2, 3, 10]);
+    assert!(store.list_deks(&unique_tenant("none")).await.unwrap().is_empty());
+}
+
+pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
+    let t = unique_tenant("secret-modes");
+    let n = name("github");
+    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![0]), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
+    assert_eq!(store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap(), RowVersion::INITIAL);
+    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![2]), PutMode::Create).await), ErrorKind::AlreadyExists);
+    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![3]), PutMode::Update(RowVersion(2))).await), ErrorKind::Conflict);
+    let mut update = secret_record(&t, &n, vec![4]);
+    update.metadata.kind = SecretKind::Bytes;
+    update.metadata.dek_version = DekVersion::new(2).unwrap();
+    update.metadata.created_at = Timestamp::from_millis(1);
+    update.metadata.updated_at = Timestamp::from_millis(1_800_000_000_000);
+    assert_eq!(store.put_secret(update, PutMode::Update(RowVersion::INITIAL)).await.unwrap(), RowVersion(2));
+    assert_eq!(store.put_secret(secret_record(&t, &n, vec![5]), PutMode::Upsert).await.unwrap(), RowVersion(3));
+    let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
+    assert_eq!(stored.envelope, [5]);
+    assert_eq!(stored.metadata.row_version, RowVersion(3));
+    assert_eq!(stored.metadata.created_at, Timestamp::from_millis(1_700_000_000_000), "created_at is kept");
+    let fresh = name("fresh");
+    assert_eq!(store.put_secret(secret_record(&t, &fresh, vec![6]), PutMode::Upsert).await.unwrap(), RowVersion::INITIAL);
+}
+
+pub async fn secret_records_round_trip_exactly(store: Arc<dyn Store>) {
+    let t = unique_tenant("secret-exact");
+    let n = name("blob/with:odd@chars");
+    let envelope: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut record = secret_record(&t, &n, envelope);
+    record.metadata.kind = SecretKind::OAuthToken;
+    record.metadata.dek_version = DekVersion::new(u32::MAX).unwrap();
+    record.metadata.updated_at = Timestamp::from_millis(-5);
+    store.put_secret(record.clone(), PutMode::Create).await.unwrap();
+    let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
+    record.metadata.row_version = RowVersion::INITIAL;
+    assert_eq!(stored, record);
+    assert!(store.get_secret(&t, &name("absent")).await.unwrap().is_none());
+}
+
+pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
+    let t = unique_tenant("delete");
+    let n = name("k");
+    assert!(!store.delete_secret(&t, &n, None).await.unwrap());
+    assert!(!store.delete_secret(&t, &n, Some(RowVersion::INITIAL)).await.unwrap());
+    store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap();
+    assert_eq!(kind(store.delete_secret(&t, &n, Some(RowVersion(2))).await), ErrorKind::Conflict);
+    assert!(store.get_secret(&t, &n).await.unwrap().is_some(), "a refused delete deletes nothing");
+    assert!(store.delete_secret(&t, &n, Some(RowVersion::INITIAL)).await.unwrap());
+    assert!(store.get_secret(&t, &n).await.unwrap().is_none());
+    store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap();
+    assert!(store.delete_secret(&t, &n, None).await.unwrap());
+}
+
+/// Ids that a careless key scheme would confuse: prefixes, separators, case.
+pub async fn adversarial_ids_never_collide(store: Arc<dyn Store>) {
+    let base = unique_tenant("adv");
+    let a = TenantId::new(format!("{base}")).unwrap();
+    let a_dot = TenantId::new(format!("{base}.b")).unwrap();
+    let a_upper = TenantId::new(base.as_str().to_uppercase()).unwrap();
+    let pairs = [
+        (a.clone(), name("b.c")),
+        (a_dot.clone(), name("c")),
+        (a.clone(), name("b")),
+        (a.clone(), name("B")),
+        (a.clone(), name("b/c")),
+        (a.clone(), name("b:c")),
+        (a.clone(), name("b@c")),
+        (a.clone(), name("b_")),
+        (a.clone(), name("b-")),
+        (a_upper.clone(), name("b")),
+        (a.clone(), name(&"x".repeat(SecretName::MAX_LEN))),
+    ];
+    for (i, (t, n)) in pairs.iter().enumerate() {
+        store.put_secret(secret_record(t, n, vec![i as u8]), PutMode::Create).await.unwrap();
+    }
+    for (i, (t, n)) in pairs.iter().enumerate() {
+        let got = store.get_secret(t, n).await.unwrap().unwrap();
+        assert_eq!(got.envelope, [i as u8], "{t}/{n} collided");
+        assert_eq!(&got.metadata.tenant, t);
+        assert_eq!(&got.metadata.name, n);
+    }
+    assert!(store.get_secret(&a, &name("b.")).await.unwrap().is_none());
+    assert!(store.get_secret(&a, &name("_")).await.unwrap().is_none(), "no pattern matching");
+    let listed = store.list_secrets(&a_dot, None, 100).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let long = TenantId::new("t".repeat(TenantId::MAX_LEN)).unwrap();
+    store.put_dek(dek_record(&long, 1, 1), PutMode::Upsert).await.unwrap();
+    assert!(store.get_dek(&long, DekVersion::FIRST).await.unwrap().is_some());
+}
+
+/// Pages through `count` records with an awkward page size.
+pub async fn paging_has_no_gaps_or_duplicates(store: Arc<dyn Store>) {
+    paging_with(store, 10_000, 97).await;
+}
+
+pub async fn paging_with(store: Arc<dyn Store>, count: usize, page: usize) {
+    let t = unique_tenant("paging");
+    let mut expected = BTreeSet::new();
+    for i in 0..count {
+        let n = name(&format!("s{:x}-{}", i * 7919 % count, i % 3));
+        store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Upsert).await.unwrap();
+        expected.insert(n);
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<SecretName> = None;
+    loop {
+        let items = store.list_secrets(&t, after.as_ref(), page).await.unwrap();
+        assert!(items.len() <= page);
+        for m in &items {
+            assert_eq!(m.tenant, t);
+        }
+        seen.extend(items.iter().map(|m| m.name.clone()));
+        if items.len() < page {
+            break;
+        }
+        after = items.last().map(|m| m.name.clone());
+    }
+    let sorted: Vec<_> = expected.iter().cloned().collect();
+    assert_eq!(seen.len(), sorted.len(), "gaps or duplicates");
+    assert_eq!(seen, sorted, "pages must come in ascending byte order");
+}
+
+pub async fn tenants_are_listed_once_in_order(store: Arc<dyn Store>) {
+    let mine: BTreeSet<TenantId> = (0..25).map(|i| unique_tenant(&format!("list{i}"))).collect();
+    for t in &mine {
+        store.put_dek(dek_record(t, 1, 1), PutMode::Create).await.unwrap();
+        store.put_dek(dek_record(t, 2, 1), PutMode::Create).await.unwrap();
+    }
+    // A tenant with secrets but no data key is not a tenant.
+    let orphan = unique_tenant("orphan");
+    store.put_secret(secret_record(&orphan, &name("x"), vec![1]), PutMode::Create).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<TenantId> = None;
+    loop {
+        let page = store.list_tenants(after.as_ref(), 7).await.unwrap();
+        if let (Some(prev), Some(first)) = (&after, page.first()) {
+            assert!(first > prev);
+        }
+        seen.extend(page.iter().cloned());
+        if page.len() < 7 {
+            break;
+        }
+        after = page.last().cloned();
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending, no duplicates");
+    let seen: BTreeSet<_> = seen.into_iter().collect();
+    assert!(mine.is_subset(&seen));
+    assert!(!seen.contains(&orphan));
+}
+
+/// 16 writers increment one counter with read-modify-write under `PutMode::Update`.
+pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>) {
+    const WRITERS: u64 = 16;
+    const INCREMENTS: u64 = 20;
+    let t = unique_tenant("cas");
+    let n = name("counter");
+    store.put_secret(secret_record(&t, &n, 0u64.to_be_bytes().to_vec()), PutMode::Create).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (store, t, n) = (Arc::clone(&store), t.clone(), n.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            for _ in 0..INCREMENTS {
+                loop {
+                    let current = store.get_secret(&t, &n).await.unwrap().unwrap();
+                    let value = u64::from_be_bytes(current.envelope.as_slice().try_into().unwrap());
+                    let next = secret_record(&t, &n, (value + 1).to_be_bytes().to_vec());
+                    match store.put_secret(next, PutMode::Update(current.metadata.row_version)).await {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == ErrorKind::Conflict => conflicts += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last = store.get_secret(&t, &n).await.unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(last.envelope.as_slice().try_into().unwrap()), WRITERS * INCREMENTS);
+    assert_eq!(last.metadata.row_version, RowVersion(1 + WRITERS * INCREMENTS));
+}
+
+/// 16 tasks race to create the same tenant's first data key; exactly one wins.
+pub async fn racing_dek_creation_has_exactly_one_winner(store: Arc<dyn Store>) {
+    let t = unique_tenant("race");
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let (store, t) = (Arc::clone(&store), t.clone());
+        tasks.push(tokio::spawn(async move { store.put_dek(dek_record(&t, 1, i), PutMode::Create).await }));
+    }
+    let mut winners = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(_) => winners.push(i),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::AlreadyExists),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
+    assert_eq!(stored.wrapped.as_bytes(), &[winners[0] as u8; 78][..], "the winner's record is the one stored");
+    assert_eq!(store.list_deks(&t).await.unwrap().len(), 1);
+}
+
+/// Generates one `#[tokio::test]` per conformance check.
+///
+/// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
+/// `S`; it is evaluated once per test. `None` skips the test (for a server backend whose
+/// server is not configured: print why before returning `None`).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@tests $make;
+            dek_create_is_create_only,
+            dek_update_requires_the_stored_row_version,
+            dek_upsert_creates_then_increments,
+            dek_records_round_trip_exactly,
+            list_deks_is_ascending_and_per_tenant,
+            secret_modes_follow_the_contract,
+            secret_records_round_trip_exactly,
+            delete_honours_the_expected_version,
+            adversarial_ids_never_collide,
+            paging_has_no_gaps_or_duplicates,
+            tenants_are_listed_once_in_order,
+            concurrent_conditional_writers_lose_no_update,
+            racing_dek_creation_has_exactly_one_winner,
+        );
+    };
+    (@tests $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(store) = $make.await else { return };
+                let store: ::std::sync::Arc<dyn $crate::storage::Store> = store;
+                $crate::storage::conformance::$check(store).await;
+            }
+        )*
+    };
+}
