@@ -1,1 +1,220 @@
-fn main(){}
+//! Vault round trips next to the raw AEAD they are built on.
+//!
+//! Run with `cargo bench --bench vault`; results and their reading are in `BENCHMARKS.md`.
+//!
+//! Groups:
+//! - `roundtrip`: per secret size (32 B, 256 B, 4 KiB), the raw primitive (the physical
+//!   limit of what the vault does) next to the vault operations over [`MemoryStore`] with a
+//!   warm data-key cache and a reserved nonce block.
+//!   - `raw_ring_aes256gcm`: `ring` AES-256-GCM seal + open of the same bytes, key expanded
+//!     once, a fresh 12-byte nonce per iteration from `rand::rng()`, no associated data.
+//!   - `raw_ring_aes256gcm_aad`: the same with associated data as long as the vault binds
+//!     for this tenant and name (the floor for the envelope format, not just the cipher).
+//!   - `raw_xchacha20poly1305`: the baseline for the XChaCha20-Poly1305 suite (24-byte nonce).
+//!   - `vault_put_get`: `vault.put` then `vault.get::<SecretBytes>` (AES-256-GCM suite).
+//!   - `vault_put_get_xchacha`: the same with `Suite::XChaCha20Poly1305`.
+//!   - `vault_put`, `vault_get`: each half alone (AES-256-GCM).
+//! - `dek_cache`: `vault.get` of a 256 B secret with a warm cache versus a fresh `Vault`
+//!   over the same store (cold cache: one data-key read and one unwrap per call).
+//! - `async_driver`: what driving a future costs, with criterion's `to_async` (one
+//!   `block_on` around the whole timing loop) versus one `Runtime::block_on` per call.
+//!
+//! The vault's plaintext encoding of a `SecretBytes` is one version byte followed by the
+//! bytes, so a vault operation of size `n` seals and opens `n + 1` bytes; the raw
+//! baselines seal `n` bytes. Throughput is reported for `n` everywhere.
+
+#![expect(clippy::expect_used, reason = "a bench whose setup fails has nothing to measure")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use credvault::storage::Store;
+use credvault::{LocalMasterKey, MasterKeyRing, MemoryStore, SecretBytes, SecretName, Suite, TenantId, Vault};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rand::Rng;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use tokio::runtime::Runtime;
+
+const SIZES: [usize; 3] = [32, 256, 4096];
+const TENANT: &str = "tenant-0001";
+const NAME: &str = "stripe/live";
+
+/// Length of the associated data the vault binds for `TENANT` / `NAME`:
+/// `lp32("credvault/v1/secret") || lp32(11-byte header) || lp32(tenant) || lp32(name)`.
+const VAULT_AAD_LEN: usize = 4 * 4 + b"credvault/v1/secret".len() + 11 + TENANT.len() + NAME.len();
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime")
+}
+
+fn plaintext(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; size];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+fn ring_key() -> LessSafeKey {
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("AES-256 key"))
+}
+
+/// One raw AES-256-GCM seal + open: fresh nonce, plaintext copied into `buf`.
+fn ring_seal_open(key: &LessSafeKey, plain: &[u8], aad: &[u8], buf: &mut [u8]) {
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    buf.copy_from_slice(plain);
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
+        .expect("seal");
+    let opened = key
+        .open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), tag, buf, 0..)
+        .expect("open");
+    black_box(opened);
+}
+
+/// A vault over a fresh [`MemoryStore`] with one `size`-byte secret stored, its data key
+/// cached and a block of nonces reserved.
+fn warm_vault(rt: &Runtime, suite: Suite, size: usize) -> (Vault, TenantId, SecretName, SecretBytes) {
+    let master = LocalMasterKey::generate().expect("master key");
+    let vault = Vault::builder(MemoryStore::new(), MasterKeyRing::new(master))
+        .with_suite(suite)
+        .build()
+        .expect("vault");
+    let tenant = TenantId::new(TENANT).expect("tenant id");
+    let name = SecretName::new(NAME).expect("secret name");
+    let secret = SecretBytes::new(plaintext(size));
+    rt.block_on(async {
+        vault.create_tenant(&tenant).await.expect("create tenant");
+        vault.put(&tenant, &name, &secret).await.expect("put");
+        let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
+        assert_eq!(back.expose_secret(), secret.expose_secret());
+    });
+    (vault, tenant, name, secret)
+}
+
+fn roundtrip(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("roundtrip");
+    group.warm_up_time(Duration::from_millis(700));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(60);
+
+    for size in SIZES {
+        group.throughput(Throughput::Bytes(size as u64));
+        let plain = plaintext(size);
+
+        let key = ring_key();
+        let mut buf = vec![0u8; size];
+        group.bench_function(BenchmarkId::new("raw_ring_aes256gcm", size), |b| {
+            b.iter(|| ring_seal_open(&key, black_box(&plain), &[], &mut buf));
+        });
+
+        let aad = plaintext(VAULT_AAD_LEN);
+        group.bench_function(BenchmarkId::new("raw_ring_aes256gcm_aad", size), |b| {
+            b.iter(|| ring_seal_open(&key, black_box(&plain), &aad, &mut buf));
+        });
+
+        let mut xkey = [0u8; 32];
+        rand::rng().fill_bytes(&mut xkey);
+        let xcipher = XChaCha20Poly1305::new(&xkey.into());
+        group.bench_function(BenchmarkId::new("raw_xchacha20poly1305", size), |b| {
+            b.iter(|| {
+                let mut nonce = [0u8; 24];
+                rand::rng().fill_bytes(&mut nonce);
+                let nonce = XNonce::from(nonce);
+                buf.copy_from_slice(black_box(&plain));
+                let tag = xcipher.encrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into()).expect("seal");
+                xcipher.decrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into(), &tag).expect("open");
+                black_box(&buf);
+            });
+        });
+
+        for (op, suite) in [("vault_put_get", Suite::Aes256Gcm), ("vault_put_get_xchacha", Suite::XChaCha20Poly1305)] {
+            let (vault, tenant, name, secret) = warm_vault(&rt, suite, size);
+            group.bench_function(BenchmarkId::new(op, size), |b| {
+                b.to_async(&rt).iter(|| async {
+                    vault.put(&tenant, &name, black_box(&secret)).await.expect("put");
+                    let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
+                    black_box(back)
+                });
+            });
+        }
+
+        let (vault, tenant, name, secret) = warm_vault(&rt, Suite::Aes256Gcm, size);
+        group.bench_function(BenchmarkId::new("vault_put", size), |b| {
+            b.to_async(&rt).iter(|| async { black_box(vault.put(&tenant, &name, black_box(&secret)).await.expect("put")) });
+        });
+        group.bench_function(BenchmarkId::new("vault_get", size), |b| {
+            b.to_async(&rt).iter(|| async {
+                let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
+                black_box(back)
+            });
+        });
+    }
+    group.finish();
+}
+
+fn dek_cache(c: &mut Criterion) {
+    const SIZE: usize = 256;
+    let rt = runtime();
+    let mut group = c.benchmark_group("dek_cache");
+    group.warm_up_time(Duration::from_millis(700));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(60);
+    group.throughput(Throughput::Bytes(SIZE as u64));
+
+    let (vault, tenant, name, _) = warm_vault(&rt, Suite::Aes256Gcm, SIZE);
+    group.bench_function(BenchmarkId::new("get_warm", SIZE), |b| {
+        b.to_async(&rt).iter(|| async {
+            let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
+            black_box(back)
+        });
+    });
+
+    // Fresh vaults over the same store and master keys: each first `get` reads the data-key
+    // record and unwraps it. Building and dropping the vault are outside the timing.
+    let store: Arc<dyn Store> = Arc::clone(vault.store());
+    let keys = vault.master_keys().clone();
+    group.bench_function(BenchmarkId::new("get_cold", SIZE), |b| {
+        b.to_async(&rt).iter_batched(
+            || Vault::builder_with_store(Arc::clone(&store), keys.clone()).build().expect("vault"),
+            |fresh| async {
+                let back: SecretBytes = fresh.get(&tenant, &name).await.expect("get");
+                (fresh, back)
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+fn async_driver(c: &mut Criterion) {
+    const SIZE: usize = 256;
+    let rt = runtime();
+    let mut group = c.benchmark_group("async_driver");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(1));
+    group.sample_size(40);
+
+    group.bench_function("noop/to_async", |b| b.to_async(&rt).iter(|| async { black_box(1u8) }));
+    group.bench_function("noop/block_on_per_call", |b| b.iter(|| rt.block_on(async { black_box(1u8) })));
+
+    let (vault, tenant, name, secret) = warm_vault(&rt, Suite::Aes256Gcm, SIZE);
+    let put_get = || async {
+        vault.put(&tenant, &name, black_box(&secret)).await.expect("put");
+        let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
+        black_box(back)
+    };
+    group.bench_function(BenchmarkId::new("vault_put_get/to_async", SIZE), |b| b.to_async(&rt).iter(put_get));
+    group.bench_function(BenchmarkId::new("vault_put_get/block_on_per_call", SIZE), |b| {
+        b.iter(|| rt.block_on(put_get()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, roundtrip, dek_cache, async_driver);
+criterion_main!(benches);
