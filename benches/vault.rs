@@ -23,7 +23,10 @@
 //! bytes, so a vault operation of size `n` seals and opens `n + 1` bytes; the raw
 //! baselines seal `n` bytes. Throughput is reported for `n` everywhere.
 
-#![expect(clippy::expect_used, reason = "a bench whose setup fails has nothing to measure")]
+#![expect(
+    clippy::expect_used,
+    reason = "a bench whose setup fails has nothing to measure"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -32,7 +35,9 @@ use std::time::Duration;
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use credvault::storage::Store;
-use credvault::{LocalMasterKey, MasterKeyRing, MemoryStore, SecretBytes, SecretName, Suite, TenantId, Vault};
+use credvault::{
+    LocalMasterKey, MasterKeyRing, MemoryStore, SecretBytes, SecretName, Suite, TenantId, Vault,
+};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::Rng;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -47,7 +52,9 @@ const NAME: &str = "stripe/live";
 const VAULT_AAD_LEN: usize = 4 * 4 + b"credvault/v1/secret".len() + 11 + TENANT.len() + NAME.len();
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn plaintext(size: usize) -> Vec<u8> {
@@ -71,14 +78,24 @@ fn ring_seal_open(key: &LessSafeKey, plain: &[u8], aad: &[u8], buf: &mut [u8]) {
         .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
         .expect("seal");
     let opened = key
-        .open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), tag, buf, 0..)
+        .open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            tag,
+            buf,
+            0..,
+        )
         .expect("open");
     black_box(opened);
 }
 
 /// A vault over a fresh [`MemoryStore`] with one `size`-byte secret stored, its data key
 /// cached and a block of nonces reserved.
-fn warm_vault(rt: &Runtime, suite: Suite, size: usize) -> (Vault, TenantId, SecretName, SecretBytes) {
+fn warm_vault(
+    rt: &Runtime,
+    suite: Suite,
+    size: usize,
+) -> (Vault, TenantId, SecretName, SecretBytes) {
     let master = LocalMasterKey::generate().expect("master key");
     let vault = Vault::builder(MemoryStore::new(), MasterKeyRing::new(master))
         .with_suite(suite)
@@ -127,17 +144,27 @@ fn roundtrip(c: &mut Criterion) {
                 rand::rng().fill_bytes(&mut nonce);
                 let nonce = XNonce::from(nonce);
                 buf.copy_from_slice(black_box(&plain));
-                let tag = xcipher.encrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into()).expect("seal");
-                xcipher.decrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into(), &tag).expect("open");
+                let tag = xcipher
+                    .encrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into())
+                    .expect("seal");
+                xcipher
+                    .decrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into(), &tag)
+                    .expect("open");
                 black_box(&buf);
             });
         });
 
-        for (op, suite) in [("vault_put_get", Suite::Aes256Gcm), ("vault_put_get_xchacha", Suite::XChaCha20Poly1305)] {
+        for (op, suite) in [
+            ("vault_put_get", Suite::Aes256Gcm),
+            ("vault_put_get_xchacha", Suite::XChaCha20Poly1305),
+        ] {
             let (vault, tenant, name, secret) = warm_vault(&rt, suite, size);
             group.bench_function(BenchmarkId::new(op, size), |b| {
                 b.to_async(&rt).iter(|| async {
-                    vault.put(&tenant, &name, black_box(&secret)).await.expect("put");
+                    vault
+                        .put(&tenant, &name, black_box(&secret))
+                        .await
+                        .expect("put");
                     let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
                     black_box(back)
                 });
@@ -146,7 +173,14 @@ fn roundtrip(c: &mut Criterion) {
 
         let (vault, tenant, name, secret) = warm_vault(&rt, Suite::Aes256Gcm, size);
         group.bench_function(BenchmarkId::new("vault_put", size), |b| {
-            b.to_async(&rt).iter(|| async { black_box(vault.put(&tenant, &name, black_box(&secret)).await.expect("put")) });
+            b.to_async(&rt).iter(|| async {
+                black_box(
+                    vault
+                        .put(&tenant, &name, black_box(&secret))
+                        .await
+                        .expect("put"),
+                )
+            });
         });
         group.bench_function(BenchmarkId::new("vault_get", size), |b| {
             b.to_async(&rt).iter(|| async {
@@ -181,7 +215,11 @@ fn dek_cache(c: &mut Criterion) {
     let keys = vault.master_keys().clone();
     group.bench_function(BenchmarkId::new("get_cold", SIZE), |b| {
         b.to_async(&rt).iter_batched(
-            || Vault::builder_with_store(Arc::clone(&store), keys.clone()).build().expect("vault"),
+            || {
+                Vault::builder_with_store(Arc::clone(&store), keys.clone())
+                    .build()
+                    .expect("vault")
+            },
             |fresh| async {
                 let back: SecretBytes = fresh.get(&tenant, &name).await.expect("get");
                 (fresh, back)
@@ -200,19 +238,31 @@ fn async_driver(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(1));
     group.sample_size(40);
 
-    group.bench_function("noop/to_async", |b| b.to_async(&rt).iter(|| async { black_box(1u8) }));
-    group.bench_function("noop/block_on_per_call", |b| b.iter(|| rt.block_on(async { black_box(1u8) })));
+    group.bench_function("noop/to_async", |b| {
+        b.to_async(&rt).iter(|| async { black_box(1u8) })
+    });
+    group.bench_function("noop/block_on_per_call", |b| {
+        b.iter(|| rt.block_on(async { black_box(1u8) }))
+    });
 
     let (vault, tenant, name, secret) = warm_vault(&rt, Suite::Aes256Gcm, SIZE);
     let put_get = || async {
-        vault.put(&tenant, &name, black_box(&secret)).await.expect("put");
+        vault
+            .put(&tenant, &name, black_box(&secret))
+            .await
+            .expect("put");
         let back: SecretBytes = vault.get(&tenant, &name).await.expect("get");
         black_box(back)
     };
-    group.bench_function(BenchmarkId::new("vault_put_get/to_async", SIZE), |b| b.to_async(&rt).iter(put_get));
-    group.bench_function(BenchmarkId::new("vault_put_get/block_on_per_call", SIZE), |b| {
-        b.iter(|| rt.block_on(put_get()));
+    group.bench_function(BenchmarkId::new("vault_put_get/to_async", SIZE), |b| {
+        b.to_async(&rt).iter(put_get)
     });
+    group.bench_function(
+        BenchmarkId::new("vault_put_get/block_on_per_call", SIZE),
+        |b| {
+            b.iter(|| rt.block_on(put_get()));
+        },
+    );
     group.finish();
 }
 

@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(r.lp16(), Err(FormatError::Truncated(Structure::Envelope)));
         let mut r = Reader::new(&[1, 2, 3], Structure::Envelope);
         assert_eq!(r.u16(), Ok(0x0102));
-        assert_eq!(r.finish(), Err(FormatError::TrailingBytes(Structure::Envelope)));
+        assert_eq!(
+            r.finish(),
+            Err(FormatError::TrailingBytes(Structure::Envelope))
+        );
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl SecretCipher {
         let bytes = key.expose_secret();
         let imp = match suite {
             Suite::Aes256Gcm => {
-                let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| Error::Decryption)?;
+                let unbound =
+                    UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| Error::Decryption)?;
                 CipherImpl::Aes(LessSafeKey::new(unbound))
             }
             Suite::XChaCha20Poly1305 => {
@@ -206,13 +207,18 @@ pub(crate) fn random_nonce(out: &mut [u8]) {
 /// Fills `out` directly from the operating system's generator (for keys, not nonces).
 pub(crate) fn os_random(out: &mut [u8]) -> Result<(), Error> {
     use rand::TryRng;
-    rand::rngs::SysRng.try_fill_bytes(out).map_err(|_| Error::Entropy)
+    rand::rngs::SysRng
+        .try_fill_bytes(out)
+        .map_err(|_| Error::Entropy)
 }
 
 /// First 8 bytes of HMAC-SHA256(key, [`MASTER_KEY_ID_LABEL`]): a stable, non-reversible
 /// fingerprint used to name local master keys.
 pub(crate) fn key_fingerprint(key: &[u8; 32]) -> [u8; 8] {
-    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), MASTER_KEY_ID_LABEL);
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        MASTER_KEY_ID_LABEL,
+    );
     let mut out = [0u8; 8];
     out.copy_from_slice(mac.as_ref().get(..8).unwrap_or(&[0; 8]));
     out
@@ -221,9 +227,13 @@ pub(crate) fn key_fingerprint(key: &[u8; 32]) -> [u8; 8] {
 /// Appends `field` with a big-endian u32 length prefix to a stack buffer.
 /// Returns `false` (and leaves the buffer unusable) if it would not fit.
 fn push_lp32(buf: &mut [u8], len: &mut usize, field: &[u8]) -> bool {
-    let Ok(field_len) = u32::try_from(field.len()) else { return false };
+    let Ok(field_len) = u32::try_from(field.len()) else {
+        return false;
+    };
     let end = *len + 4 + field.len();
-    let Some(dst) = buf.get_mut(*len..end) else { return false };
+    let Some(dst) = buf.get_mut(*len..end) else {
+        return false;
+    };
     let (prefix, body) = dst.split_at_mut(4);
     prefix.copy_from_slice(&field_len.to_be_bytes());
     body.copy_from_slice(field);
@@ -247,7 +257,10 @@ pub(crate) struct SecretAad {
 
 impl SecretAad {
     pub(crate) fn new(header: &[u8], tenant: &str, name: &str) -> Self {
-        let mut aad = Self { buf: [0; SECRET_AAD_MAX], len: 0 };
+        let mut aad = Self {
+            buf: [0; SECRET_AAD_MAX],
+            len: 0,
+        };
         // Identifier types bound every field, so these always fit.
         let fits = push_lp32(&mut aad.buf, &mut aad.len, SECRET_AAD_LABEL)
             && push_lp32(&mut aad.buf, &mut aad.len, header)

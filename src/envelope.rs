@@ -62,9 +62,12 @@ impl<'a> EnvelopeRef<'a> {
             return Err(FormatError::UnsupportedVersion(S, version));
         }
         let suite_byte = r.u8()?;
-        let suite = Suite::from_u8(suite_byte).ok_or(FormatError::UnsupportedSuite(S, suite_byte))?;
-        let kind = SecretKind::from_u8(r.u8()?).ok_or(FormatError::InvalidField(S, "secret kind"))?;
-        let dek_version = DekVersion::new(r.u32()?).ok_or(FormatError::InvalidField(S, "DEK version"))?;
+        let suite =
+            Suite::from_u8(suite_byte).ok_or(FormatError::UnsupportedSuite(S, suite_byte))?;
+        let kind =
+            SecretKind::from_u8(r.u8()?).ok_or(FormatError::InvalidField(S, "secret kind"))?;
+        let dek_version =
+            DekVersion::new(r.u32()?).ok_or(FormatError::InvalidField(S, "DEK version"))?;
         let nonce = r.take(suite.nonce_len())?;
         let sealed = r.lp32()?;
         r.finish()?;
@@ -72,8 +75,16 @@ impl<'a> EnvelopeRef<'a> {
             return Err(FormatError::InvalidField(S, "ciphertext length"));
         };
         let (ciphertext, tag) = sealed.split_at(split);
-        let tag = <&[u8; TAG_LEN]>::try_from(tag).map_err(|_| FormatError::InvalidField(S, "tag"))?;
-        Ok(Self { suite, kind, dek_version, nonce, ciphertext, tag })
+        let tag =
+            <&[u8; TAG_LEN]>::try_from(tag).map_err(|_| FormatError::InvalidField(S, "tag"))?;
+        Ok(Self {
+            suite,
+            kind,
+            dek_version,
+            nonce,
+            ciphertext,
+            tag,
+        })
     }
 
     /// The cipher suite that sealed this envelope.
@@ -136,7 +147,19 @@ impl<'a> EnvelopeRef<'a> {
 fn header(suite: Suite, kind: SecretKind, dek_version: DekVersion) -> [u8; HEADER_LEN] {
     let v = dek_version.get().to_be_bytes();
     let [m0, m1, m2, m3] = MAGIC;
-    [m0, m1, m2, m3, VERSION, suite.as_u8(), kind.as_u8(), v[0], v[1], v[2], v[3]]
+    [
+        m0,
+        m1,
+        m2,
+        m3,
+        VERSION,
+        suite.as_u8(),
+        kind.as_u8(),
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+    ]
 }
 
 /// Where a secret lives: the context bound into its associated data.
@@ -182,7 +205,11 @@ pub(crate) fn seal_with_nonce<S: Secret>(
     out.extend_from_slice(&sealed_len.to_be_bytes());
     let start = out.len();
     secret.encode(&mut out);
-    debug_assert_eq!(out.len(), start + plaintext_len, "encoded_len must be exact");
+    debug_assert_eq!(
+        out.len(),
+        start + plaintext_len,
+        "encoded_len must be exact"
+    );
     let aad = SecretAad::new(&header, ctx.tenant.as_str(), ctx.name.as_str());
     let in_out = out.get_mut(start..).unwrap_or_default();
     match cipher.seal_in_place(nonce, aad.as_bytes(), in_out) {

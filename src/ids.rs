@@ -107,7 +107,8 @@ fn validate(value: &str, what: &'static str, max: usize, extra: &[u8]) -> Result
     if value.starts_with('.') {
         return Err(Error::invalid(what, "starts with '.'"));
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || extra.contains(&b);
+    let allowed =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || extra.contains(&b);
     if !value.bytes().all(allowed) {
         return Err(Error::invalid(what, "character outside the allowed set"));
     }
@@ -241,6 +242,10 @@ mod tests {
     fn dek_version_zero_is_not_a_version() {
         assert!(DekVersion::new(0).is_none());
         assert_eq!(DekVersion::FIRST.next().map(DekVersion::get), Some(2));
-        assert!(DekVersion::new(u32::MAX).and_then(DekVersion::next).is_none());
+        assert!(
+            DekVersion::new(u32::MAX)
+                .and_then(DekVersion::next)
+                .is_none()
+        );
     }
 }

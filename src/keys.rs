@@ -101,7 +101,13 @@ impl WrapContext<'_> {
     #[must_use]
     pub fn associated_data(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            4 + DEK_WRAP_LABEL.len() + 4 + self.tenant.as_str().len() + 4 + 1 + 4 + self.master_key_id.as_str().len(),
+            4 + DEK_WRAP_LABEL.len()
+                + 4
+                + self.tenant.as_str().len()
+                + 4
+                + 1
+                + 4
+                + self.master_key_id.as_str().len(),
         );
         put_lp32(&mut out, DEK_WRAP_LABEL);
         put_lp32(&mut out, self.tenant.as_str().as_bytes());
@@ -124,7 +130,10 @@ impl WrappedDek {
     /// Pairs a provider's output with the id of the master key that produced it.
     #[must_use]
     pub fn new(master_key_id: MasterKeyId, bytes: Vec<u8>) -> Self {
-        Self { master_key_id, bytes }
+        Self {
+            master_key_id,
+            bytes,
+        }
     }
 
     /// The master key that wrapped this data key.
@@ -180,5 +189,9 @@ pub trait MasterKeyProvider: fmt::Debug + Send + Sync + 'static {
     /// # Errors
     /// [`Error::Decryption`] if authentication fails; [`Error::Provider`] if the key
     /// service fails.
-    async fn unwrap(&self, wrapped: &WrappedDek, context: &WrapContext<'_>) -> Result<DataKey, Error>;
+    async fn unwrap(
+        &self,
+        wrapped: &WrappedDek,
+        context: &WrapContext<'_>,
+    ) -> Result<DataKey, Error>;
 }

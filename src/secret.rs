@@ -121,6 +121,9 @@ pub(crate) fn read_plaintext_version(r: &mut crate::codec::Reader<'_>) -> Result
     if v == PLAINTEXT_V1 {
         Ok(())
     } else {
-        Err(FormatError::UnsupportedVersion(crate::error::Structure::Plaintext, v))
+        Err(FormatError::UnsupportedVersion(
+            crate::error::Structure::Plaintext,
+            v,
+        ))
     }
 }

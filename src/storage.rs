@@ -61,7 +61,11 @@ impl Timestamp {
     #[must_use]
     pub fn to_system_time(self) -> SystemTime {
         let magnitude = Duration::from_millis(self.0.unsigned_abs());
-        if self.0 >= 0 { UNIX_EPOCH + magnitude } else { UNIX_EPOCH - magnitude }
+        if self.0 >= 0 {
+            UNIX_EPOCH + magnitude
+        } else {
+            UNIX_EPOCH - magnitude
+        }
     }
 }
 
@@ -216,7 +220,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Unavailable`] or [`Error::Storage`].
-    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error>;
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<Option<DekRecord>, Error>;
 
     /// Every data-key record of `tenant`, in ascending version order.
     ///
@@ -235,7 +243,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Unavailable`] or [`Error::Storage`].
-    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error>;
+    async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<Option<SecretRecord>, Error>;
 
     /// Writes a secret record under `mode`; returns its new row version.
     ///
@@ -272,5 +284,9 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Unavailable`] or [`Error::Storage`].
-    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, Error>;
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantId>, Error>;
 }

@@ -1,7 +1,11 @@
 //! A ciphertext or wrapped key copied to any other context fails to open: rows moved
 //! across tenants, names, kinds and data-key versions; wrapped keys moved across tenants,
 //! versions and master keys. A missing key is an error, never a reason to mint one.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test assertions")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test assertions"
+)]
 
 mod common;
 
@@ -12,8 +16,8 @@ use common::*;
 use credvault::keys::WrappedDek;
 use credvault::storage::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
 use credvault::{
-    ApiKey, DekVersion, Error, ErrorKind, LocalMasterKey, MasterKeyRing, RowVersion, SecretBytes, SecretName,
-    TenantId, Vault,
+    ApiKey, DekVersion, Error, ErrorKind, LocalMasterKey, MasterKeyRing, RowVersion, SecretBytes,
+    SecretName, TenantId, Vault,
 };
 
 async fn setup() -> Vec<(Arc<dyn Store>, Vault)> {
@@ -22,8 +26,22 @@ async fn setup() -> Vec<(Arc<dyn Store>, Vault)> {
         let vault = vault_over(&store);
         for t in ["acme", "globex"] {
             vault.create_tenant(&tenant(t)).await.unwrap();
-            vault.put(&tenant(t), &name("github"), &ApiKey::new(format!("{t}-github"))).await.unwrap();
-            vault.put(&tenant(t), &name("gitlab"), &ApiKey::new(format!("{t}-gitlab"))).await.unwrap();
+            vault
+                .put(
+                    &tenant(t),
+                    &name("github"),
+                    &ApiKey::new(format!("{t}-github")),
+                )
+                .await
+                .unwrap();
+            vault
+                .put(
+                    &tenant(t),
+                    &name("gitlab"),
+                    &ApiKey::new(format!("{t}-gitlab")),
+                )
+                .await
+                .unwrap();
         }
         out.push((store, vault));
     }
@@ -36,7 +54,10 @@ async fn row_copied_to_other_tenant_fails_to_open() {
         let mut row = raw_secret(&store, &tenant("acme"), &name("github")).await;
         row.metadata.tenant = tenant("globex");
         overwrite_secret(&store, row).await;
-        let err = vault.get::<ApiKey>(&tenant("globex"), &name("github")).await.unwrap_err();
+        let err = vault
+            .get::<ApiKey>(&tenant("globex"), &name("github"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decryption);
     }
 }
@@ -47,7 +68,10 @@ async fn row_copied_to_other_name_fails_to_open() {
         let mut row = raw_secret(&store, &tenant("acme"), &name("github")).await;
         row.metadata.name = name("gitlab");
         overwrite_secret(&store, row).await;
-        let err = vault.get::<ApiKey>(&tenant("acme"), &name("gitlab")).await.unwrap_err();
+        let err = vault
+            .get::<ApiKey>(&tenant("acme"), &name("gitlab"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decryption);
     }
 }
@@ -61,7 +85,10 @@ async fn reading_as_another_kind_is_a_kind_mismatch_and_relabelling_the_kind_fai
         let mut row = raw_secret(&store, &t, &n).await;
         row.envelope[6] = credvault::SecretKind::Bytes.as_u8();
         overwrite_secret(&store, row).await;
-        assert_eq!(vault.get::<SecretBytes>(&t, &n).await.unwrap_err().kind(), ErrorKind::Decryption);
+        assert_eq!(
+            vault.get::<SecretBytes>(&t, &n).await.unwrap_err().kind(),
+            ErrorKind::Decryption
+        );
     }
 }
 
@@ -77,28 +104,66 @@ async fn row_relabelled_to_another_dek_version_fails_to_open() {
         let t = tenant("acme");
         vault.create_tenant(&t).await.unwrap();
         for i in 0..4 {
-            vault.put(&t, &name(&format!("s{i}")), &ApiKey::new("x")).await.unwrap();
+            vault
+                .put(&t, &name(&format!("s{i}")), &ApiKey::new("x"))
+                .await
+                .unwrap();
         }
         let row = raw_secret(&store, &t, &name("s0")).await;
         assert_eq!(row.metadata.dek_version.get(), 1);
-        assert_eq!(raw_secret(&store, &t, &name("s3")).await.metadata.dek_version.get(), 2);
+        assert_eq!(
+            raw_secret(&store, &t, &name("s3"))
+                .await
+                .metadata
+                .dek_version
+                .get(),
+            2
+        );
         let mut relabelled = row.clone();
         relabelled.envelope[7..11].copy_from_slice(&2u32.to_be_bytes());
         overwrite_secret(&store, relabelled).await;
-        assert_eq!(vault.get::<ApiKey>(&t, &name("s0")).await.unwrap_err().kind(), ErrorKind::Decryption);
+        assert_eq!(
+            vault
+                .get::<ApiKey>(&t, &name("s0"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Decryption
+        );
     }
 }
 
 #[tokio::test]
 async fn wrapped_dek_copied_to_other_tenant_fails_to_unwrap() {
     for (store, _) in setup().await {
-        let acme = store.get_dek(&tenant("acme"), DekVersion::FIRST).await.unwrap().unwrap();
-        let mut globex = store.get_dek(&tenant("globex"), DekVersion::FIRST).await.unwrap().unwrap();
+        let acme = store
+            .get_dek(&tenant("acme"), DekVersion::FIRST)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut globex = store
+            .get_dek(&tenant("globex"), DekVersion::FIRST)
+            .await
+            .unwrap()
+            .unwrap();
         globex.wrapped = acme.wrapped.clone();
         overwrite_dek(&store, globex).await;
         let fresh = vault_over(&store);
-        assert_eq!(fresh.get::<ApiKey>(&tenant("globex"), &name("github")).await.unwrap_err().kind(), ErrorKind::Decryption);
-        assert!(fresh.get::<ApiKey>(&tenant("acme"), &name("github")).await.is_ok(), "other tenants are untouched");
+        assert_eq!(
+            fresh
+                .get::<ApiKey>(&tenant("globex"), &name("github"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Decryption
+        );
+        assert!(
+            fresh
+                .get::<ApiKey>(&tenant("acme"), &name("github"))
+                .await
+                .is_ok(),
+            "other tenants are untouched"
+        );
     }
 }
 
@@ -114,8 +179,19 @@ async fn wrapped_dek_relabelled_to_another_version_fails_to_unwrap() {
         let mut row = raw_secret(&store, &t, &name("github")).await;
         row.envelope[7..11].copy_from_slice(&2u32.to_be_bytes());
         overwrite_secret(&store, row).await;
-        assert_eq!(store.get_dek(&t, DekVersion::new(2).unwrap()).await.unwrap().unwrap().wrapped, wrapped);
-        let err = vault_over(&store).get::<ApiKey>(&t, &name("github")).await.unwrap_err();
+        assert_eq!(
+            store
+                .get_dek(&t, DekVersion::new(2).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .wrapped,
+            wrapped
+        );
+        let err = vault_over(&store)
+            .get::<ApiKey>(&t, &name("github"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decryption);
     }
 }
@@ -125,23 +201,40 @@ async fn wrapped_dek_attributed_to_another_master_key_fails_to_unwrap() {
     for (store, _) in setup().await {
         let other = LocalMasterKey::from_bytes(&[9u8; 32]).unwrap();
         let other_id = credvault::MasterKeyProvider::id(&other).clone();
-        let ring = MasterKeyRing::new(master()).with_decrypt_only(other).unwrap();
+        let ring = MasterKeyRing::new(master())
+            .with_decrypt_only(other)
+            .unwrap();
         let t = tenant("acme");
         let mut record = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
         record.wrapped = WrappedDek::new(other_id, record.wrapped.as_bytes().to_vec());
         overwrite_dek(&store, record).await;
-        let vault = Vault::builder_with_store(store.clone(), ring).build().unwrap();
-        assert_eq!(vault.get::<ApiKey>(&t, &name("github")).await.unwrap_err().kind(), ErrorKind::Decryption);
+        let vault = Vault::builder_with_store(store.clone(), ring)
+            .build()
+            .unwrap();
+        assert_eq!(
+            vault
+                .get::<ApiKey>(&t, &name("github"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Decryption
+        );
     }
 }
 
 #[tokio::test]
 async fn unknown_master_key_is_an_error_naming_its_id() {
     for (store, _) in setup().await {
-        let vault = Vault::builder_with_store(store.clone(), MasterKeyRing::new(LocalMasterKey::from_bytes(&[1u8; 32]).unwrap()))
-            .build()
-            .unwrap();
-        let err = vault.get::<ApiKey>(&tenant("acme"), &name("github")).await.unwrap_err();
+        let vault = Vault::builder_with_store(
+            store.clone(),
+            MasterKeyRing::new(LocalMasterKey::from_bytes(&[1u8; 32]).unwrap()),
+        )
+        .build()
+        .unwrap();
+        let err = vault
+            .get::<ApiKey>(&tenant("acme"), &name("github"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnknownMasterKey);
         let expected_id = credvault::MasterKeyProvider::id(&master()).clone();
         assert!(err.to_string().contains(expected_id.as_str()), "{err}");
@@ -160,28 +253,58 @@ impl Store for LostKeys {
     fn backend_name(&self) -> &'static str {
         "lost-keys"
     }
-    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error> {
-        if *tenant == self.lost { Ok(None) } else { self.inner.get_dek(tenant, version).await }
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<Option<DekRecord>, Error> {
+        if *tenant == self.lost {
+            Ok(None)
+        } else {
+            self.inner.get_dek(tenant, version).await
+        }
     }
     async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
-        if *tenant == self.lost { Ok(Vec::new()) } else { self.inner.list_deks(tenant).await }
+        if *tenant == self.lost {
+            Ok(Vec::new())
+        } else {
+            self.inner.list_deks(tenant).await
+        }
     }
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
         self.inner.put_dek(record, mode).await
     }
-    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error> {
+    async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<Option<SecretRecord>, Error> {
         self.inner.get_secret(tenant, name).await
     }
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
         self.inner.put_secret(record, mode).await
     }
-    async fn delete_secret(&self, tenant: &TenantId, name: &SecretName, expected: Option<RowVersion>) -> Result<bool, Error> {
+    async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error> {
         self.inner.delete_secret(tenant, name, expected).await
     }
-    async fn list_secrets(&self, tenant: &TenantId, after: Option<&SecretName>, limit: usize) -> Result<Vec<SecretMetadata>, Error> {
+    async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretMetadata>, Error> {
         self.inner.list_secrets(tenant, after, limit).await
     }
-    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, Error> {
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantId>, Error> {
         self.inner.list_tenants(after, limit).await
     }
 }
@@ -191,13 +314,26 @@ async fn missing_dek_row_is_an_error_and_no_key_is_minted() {
     for (store, _) in setup().await {
         let t = tenant("acme");
         let before = store.list_deks(&t).await.unwrap();
-        let lossy: Arc<dyn Store> = Arc::new(LostKeys { inner: store.clone(), lost: t.clone() });
+        let lossy: Arc<dyn Store> = Arc::new(LostKeys {
+            inner: store.clone(),
+            lost: t.clone(),
+        });
         let vault = vault_over(&lossy);
         let err = vault.get::<ApiKey>(&t, &name("github")).await.unwrap_err();
-        assert!(matches!(err, Error::KeyMissing { version } if version == DekVersion::FIRST), "{err:?}");
-        let err = vault.put(&t, &name("new"), &ApiKey::new("x")).await.unwrap_err();
+        assert!(
+            matches!(err, Error::KeyMissing { version } if version == DekVersion::FIRST),
+            "{err:?}"
+        );
+        let err = vault
+            .put(&t, &name("new"), &ApiKey::new("x"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TenantNotFound);
-        assert_eq!(store.list_deks(&t).await.unwrap(), before, "no data key was minted");
+        assert_eq!(
+            store.list_deks(&t).await.unwrap(),
+            before,
+            "no data key was minted"
+        );
         assert!(store.get_secret(&t, &name("new")).await.unwrap().is_none());
     }
 }

@@ -8,7 +8,9 @@ use credvault::SqliteStore;
 
 mod in_memory {
     use super::*;
-    credvault::store_conformance_tests!(async { Some(Arc::new(SqliteStore::open_in_memory().await.unwrap())) });
+    credvault::store_conformance_tests!(async {
+        Some(Arc::new(SqliteStore::open_in_memory().await.unwrap()))
+    });
 }
 
 mod file {
@@ -16,9 +18,11 @@ mod file {
     credvault::store_conformance_tests!(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.keep().join("conformance.db");
-        let store = SqliteStore::with_options(credvault::storage::SqliteOptions::file(&path).with_durable_commits(false))
-            .await
-            .unwrap();
+        let store = SqliteStore::with_options(
+            credvault::storage::SqliteOptions::file(&path).with_durable_commits(false),
+        )
+        .await
+        .unwrap();
         Some(Arc::new(store))
     });
 }

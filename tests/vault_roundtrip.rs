@@ -1,23 +1,39 @@
 //! Every kind of secret round-trips through the vault on every backend, and the vault's
 //! read/write/list/delete operations follow their documentation.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test assertions")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test assertions"
+)]
 
 mod common;
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
-use credvault::{ApiKey, ErrorKind, ExposeSecret, OAuthToken, SecretBytes, SecretKind, Suite, TenantCreation, Vault};
+use credvault::{
+    ApiKey, ErrorKind, ExposeSecret, OAuthToken, SecretBytes, SecretKind, Suite, TenantCreation,
+    Vault,
+};
 
 #[tokio::test]
 async fn every_kind_round_trips_on_every_backend_and_suite() {
     for (backend, store) in stores().await {
         for suite in [Suite::Aes256Gcm, Suite::XChaCha20Poly1305] {
-            let vault = Vault::builder_with_store(store.clone(), ring()).with_suite(suite).build().unwrap();
+            let vault = Vault::builder_with_store(store.clone(), ring())
+                .with_suite(suite)
+                .build()
+                .unwrap();
             let t = tenant(&format!("acme-{}", suite.as_u8()));
-            assert_eq!(vault.create_tenant(&t).await.unwrap(), TenantCreation::Created);
+            assert_eq!(
+                vault.create_tenant(&t).await.unwrap(),
+                TenantCreation::Created
+            );
 
-            vault.put(&t, &name("github"), &ApiKey::new("ghp_0123456789")).await.unwrap();
+            vault
+                .put(&t, &name("github"), &ApiKey::new("ghp_0123456789"))
+                .await
+                .unwrap();
             let expiry = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
             let token = OAuthToken::new("ya29.access")
                 .with_refresh_token("1//refresh")
@@ -26,8 +42,14 @@ async fn every_kind_round_trips_on_every_backend_and_suite() {
                 .with_scopes(["repo", "read:user", ""]);
             vault.put(&t, &name("google"), &token).await.unwrap();
             let blob: Vec<u8> = (0..=255).collect();
-            vault.put(&t, &name("cert.pem"), &SecretBytes::from_slice(&blob)).await.unwrap();
-            vault.put(&t, &name("empty"), &SecretBytes::from_slice(&[])).await.unwrap();
+            vault
+                .put(&t, &name("cert.pem"), &SecretBytes::from_slice(&blob))
+                .await
+                .unwrap();
+            vault
+                .put(&t, &name("empty"), &SecretBytes::from_slice(&[]))
+                .await
+                .unwrap();
             let bare = OAuthToken::new("only-access");
             vault.put(&t, &name("bare"), &bare).await.unwrap();
 
@@ -44,7 +66,11 @@ async fn every_kind_round_trips_on_every_backend_and_suite() {
             let empty: SecretBytes = vault.get(&t, &name("empty")).await.unwrap();
             assert!(empty.expose_secret().is_empty());
             let bare: OAuthToken = vault.get(&t, &name("bare")).await.unwrap();
-            assert!(bare.refresh_token().is_none() && bare.expires_at().is_none() && bare.scopes().is_empty());
+            assert!(
+                bare.refresh_token().is_none()
+                    && bare.expires_at().is_none()
+                    && bare.scopes().is_empty()
+            );
             assert_eq!(bare.token_type(), "Bearer");
         }
     }
@@ -58,17 +84,44 @@ async fn put_replaces_and_create_and_update_are_conditional() {
         vault.create_tenant(&t).await.unwrap();
         let n = name("stripe/live");
         let v1 = vault.create(&t, &n, &ApiKey::new("one")).await.unwrap();
-        assert_eq!(vault.create(&t, &n, &ApiKey::new("two")).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert_eq!(
+            vault
+                .create(&t, &n, &ApiKey::new("two"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::AlreadyExists
+        );
         let v2 = vault.put(&t, &n, &ApiKey::new("three")).await.unwrap();
         assert!(v2 > v1, "{backend}");
-        assert_eq!(vault.update(&t, &n, &ApiKey::new("stale"), v1).await.unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(
+            vault
+                .update(&t, &n, &ApiKey::new("stale"), v1)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
         let (current, meta) = vault.get_with_metadata::<ApiKey>(&t, &n).await.unwrap();
         assert_eq!(current.expose_secret(), "three");
         assert_eq!(meta.row_version, v2);
-        let v3 = vault.update(&t, &n, &ApiKey::new("four"), meta.row_version).await.unwrap();
+        let v3 = vault
+            .update(&t, &n, &ApiKey::new("four"), meta.row_version)
+            .await
+            .unwrap();
         assert_eq!(vault.metadata(&t, &n).await.unwrap().row_version, v3);
-        assert_eq!(vault.get::<ApiKey>(&t, &n).await.unwrap().expose_secret(), "four");
-        assert_eq!(vault.update(&t, &name("absent"), &ApiKey::new("x"), v1).await.unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(
+            vault.get::<ApiKey>(&t, &n).await.unwrap().expose_secret(),
+            "four"
+        );
+        assert_eq!(
+            vault
+                .update(&t, &name("absent"), &ApiKey::new("x"), v1)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
     }
 }
 
@@ -81,9 +134,19 @@ async fn list_returns_metadata_pages_and_delete_removes() {
         vault.create_tenant(&t).await.unwrap();
         vault.create_tenant(&other).await.unwrap();
         for i in 0..25 {
-            vault.put(&t, &name(&format!("key-{i:02}")), &ApiKey::new(format!("v{i}"))).await.unwrap();
+            vault
+                .put(
+                    &t,
+                    &name(&format!("key-{i:02}")),
+                    &ApiKey::new(format!("v{i}")),
+                )
+                .await
+                .unwrap();
         }
-        vault.put(&other, &name("key-00"), &SecretBytes::from_slice(b"x")).await.unwrap();
+        vault
+            .put(&other, &name("key-00"), &SecretBytes::from_slice(b"x"))
+            .await
+            .unwrap();
         let mut all = Vec::new();
         let mut after = None;
         loop {
@@ -101,9 +164,19 @@ async fn list_returns_metadata_pages_and_delete_removes() {
         assert_eq!(meta.dek_version.get(), 1);
         assert!(vault.delete(&t, &name("key-03")).await.unwrap());
         assert!(!vault.delete(&t, &name("key-03")).await.unwrap());
-        assert_eq!(vault.get::<ApiKey>(&t, &name("key-03")).await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(
+            vault
+                .get::<ApiKey>(&t, &name("key-03"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
         assert_eq!(vault.list(&t, None, 100).await.unwrap().len(), 24);
-        assert_eq!(vault.list_tenants(None, 10).await.unwrap(), [t.clone(), other.clone()]);
+        assert_eq!(
+            vault.list_tenants(None, 10).await.unwrap(),
+            [t.clone(), other.clone()]
+        );
     }
 }
 
@@ -112,9 +185,22 @@ async fn create_tenant_is_idempotent_and_put_needs_a_tenant() {
     for (_, store) in stores().await {
         let vault = vault_over(&store);
         let t = tenant("acme");
-        assert_eq!(vault.put(&t, &name("k"), &ApiKey::new("x")).await.unwrap_err().kind(), ErrorKind::TenantNotFound);
-        assert_eq!(vault.create_tenant(&t).await.unwrap(), TenantCreation::Created);
-        assert_eq!(vault.create_tenant(&t).await.unwrap(), TenantCreation::AlreadyExisted);
+        assert_eq!(
+            vault
+                .put(&t, &name("k"), &ApiKey::new("x"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::TenantNotFound
+        );
+        assert_eq!(
+            vault.create_tenant(&t).await.unwrap(),
+            TenantCreation::Created
+        );
+        assert_eq!(
+            vault.create_tenant(&t).await.unwrap(),
+            TenantCreation::AlreadyExisted
+        );
         assert_eq!(store.list_deks(&t).await.unwrap().len(), 1);
     }
 }
@@ -128,7 +214,9 @@ async fn racing_tenant_creation_across_instances_ends_with_one_dek_v1() {
             // A separate vault per task: separate caches, as separate processes would have.
             let vault = vault_over(&store);
             let t = t.clone();
-            tasks.push(tokio::spawn(async move { vault.create_tenant(&t).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                vault.create_tenant(&t).await.unwrap()
+            }));
         }
         let mut created = 0;
         for task in tasks {
@@ -144,6 +232,12 @@ async fn racing_tenant_creation_across_instances_ends_with_one_dek_v1() {
         let a = vault_over(&store);
         let b = vault_over(&store);
         a.put(&t, &name("k"), &ApiKey::new("shared")).await.unwrap();
-        assert_eq!(b.get::<ApiKey>(&t, &name("k")).await.unwrap().expose_secret(), "shared");
+        assert_eq!(
+            b.get::<ApiKey>(&t, &name("k"))
+                .await
+                .unwrap()
+                .expose_secret(),
+            "shared"
+        );
     }
 }

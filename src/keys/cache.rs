@@ -55,7 +55,11 @@ pub(crate) struct DekCache {
 
 impl DekCache {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        Self { inner: Mutex::new(Inner::default()), capacity: capacity.max(1), ttl }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
+            ttl,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -80,7 +84,9 @@ impl DekCache {
             return Ok(Arc::clone(dek));
         }
         tracing::trace!(dek_version = version.get(), "data key cache miss");
-        let dek = cell.get_or_try_init(|| async { load().await.map(Arc::new) }).await?;
+        let dek = cell
+            .get_or_try_init(|| async { load().await.map(Arc::new) })
+            .await?;
         Ok(Arc::clone(dek))
     }
 
@@ -96,8 +102,14 @@ impl DekCache {
         // Miss or expired: a fresh slot replaces the old one.
         if inner.map.remove(&key).is_none() {
             while inner.map.len() >= self.capacity {
-                let Some((old, generation)) = inner.order.pop_front() else { break };
-                if inner.map.get(&old).is_some_and(|s| s.generation == generation) {
+                let Some((old, generation)) = inner.order.pop_front() else {
+                    break;
+                };
+                if inner
+                    .map
+                    .get(&old)
+                    .is_some_and(|s| s.generation == generation)
+                {
                     inner.map.remove(&old);
                 }
             }
@@ -106,7 +118,14 @@ impl DekCache {
         inner.next_generation += 1;
         let cell = Arc::new(OnceCell::new());
         inner.order.push_back((key.clone(), generation));
-        inner.map.insert(key, Slot { cell: Arc::clone(&cell), expires: now + self.ttl, generation });
+        inner.map.insert(
+            key,
+            Slot {
+                cell: Arc::clone(&cell),
+                expires: now + self.ttl,
+                generation,
+            },
+        );
         // Keep the order queue from growing without bound when keys are replaced often.
         if inner.order.len() > 2 * self.capacity + 16 {
             let Inner { map, order, .. } = &mut *inner;
@@ -181,7 +200,9 @@ mod tests {
         let tenant = TenantId::new("t")?;
         for v in 1..=10 {
             let version = DekVersion::new(v).ok_or(Error::Config("version"))?;
-            cache.get_or_load(&tenant, version, || async { dek() }).await?;
+            cache
+                .get_or_load(&tenant, version, || async { dek() })
+                .await?;
         }
         assert_eq!(cache.len(), 4);
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -193,7 +214,11 @@ mod tests {
                 dek()
             })
             .await?;
-        assert_eq!(loads.load(Ordering::SeqCst), 1, "an expired entry must be reloaded");
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "an expired entry must be reloaded"
+        );
         Ok(())
     }
 
@@ -201,9 +226,15 @@ mod tests {
     async fn failed_load_is_not_cached() -> Result<(), Error> {
         let cache = DekCache::new(4, Duration::from_secs(60));
         let tenant = TenantId::new("t")?;
-        let err = cache.get_or_load(&tenant, DekVersion::FIRST, || async { Err(Error::Decryption) }).await;
+        let err = cache
+            .get_or_load(&tenant, DekVersion::FIRST, || async {
+                Err(Error::Decryption)
+            })
+            .await;
         assert!(err.is_err());
-        cache.get_or_load(&tenant, DekVersion::FIRST, || async { dek() }).await?;
+        cache
+            .get_or_load(&tenant, DekVersion::FIRST, || async { dek() })
+            .await?;
         Ok(())
     }
 }

@@ -44,7 +44,10 @@ impl MasterKeyRing {
     ///
     /// # Errors
     /// [`Error::Config`] if a key with the same id is already in the ring.
-    pub fn with_decrypt_only_arc(mut self, provider: Arc<dyn MasterKeyProvider>) -> Result<Self, Error> {
+    pub fn with_decrypt_only_arc(
+        mut self,
+        provider: Arc<dyn MasterKeyProvider>,
+    ) -> Result<Self, Error> {
         if self.by_id.contains_key(provider.id()) {
             return Err(Error::Config("two master keys in the ring share an id"));
         }
@@ -63,7 +66,9 @@ impl MasterKeyRing {
     /// # Errors
     /// [`Error::UnknownMasterKey`], naming the id, if the ring does not hold it.
     pub fn get(&self, id: &MasterKeyId) -> Result<&Arc<dyn MasterKeyProvider>, Error> {
-        self.by_id.get(id).ok_or_else(|| Error::UnknownMasterKey { id: id.clone() })
+        self.by_id
+            .get(id)
+            .ok_or_else(|| Error::UnknownMasterKey { id: id.clone() })
     }
 
     /// Ids of every key in the ring, the active one included.

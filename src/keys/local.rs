@@ -67,7 +67,8 @@ impl LocalMasterKey {
     /// # Errors
     /// [`Error::InvalidInput`] unless `bytes` is 32 bytes long.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let key = DataKey::from_slice(bytes).map_err(|_| Error::invalid("master key", "must be 32 bytes"))?;
+        let key = DataKey::from_slice(bytes)
+            .map_err(|_| Error::invalid("master key", "must be 32 bytes"))?;
         let cipher = SecretCipher::new(WRAP_SUITE, &key)?;
         let fingerprint = key_fingerprint(key.expose_secret());
         let mut id = String::with_capacity(22);
@@ -102,7 +103,9 @@ impl LocalMasterKey {
     /// [`Error::Config`] if the variable is unset or not Unicode; as
     /// [`Self::from_base64`] otherwise.
     pub fn from_env(var: &str) -> Result<Self, Error> {
-        let mut text = std::env::var(var).map_err(|_| Error::Config("master key environment variable is unset or not Unicode"))?;
+        let mut text = std::env::var(var).map_err(|_| {
+            Error::Config("master key environment variable is unset or not Unicode")
+        })?;
         let key = Self::from_base64(&text);
         text.zeroize();
         key
@@ -114,7 +117,8 @@ impl LocalMasterKey {
     /// [`Error::Config`] if the file cannot be read; as [`Self::from_base64`] otherwise.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|_| Error::Config("master key file cannot be read"))?,
+            std::fs::read_to_string(path)
+                .map_err(|_| Error::Config("master key file cannot be read"))?,
         );
         Self::from_base64(&text)
     }
@@ -136,7 +140,12 @@ impl LocalMasterKey {
         secret
     }
 
-    pub(crate) fn wrap_with_nonce(&self, dek: &DataKey, context: &WrapContext<'_>, nonce: &[u8; WRAP_NONCE_LEN]) -> Result<WrappedDek, Error> {
+    pub(crate) fn wrap_with_nonce(
+        &self,
+        dek: &DataKey,
+        context: &WrapContext<'_>,
+        nonce: &[u8; WRAP_NONCE_LEN],
+    ) -> Result<WrappedDek, Error> {
         let header = wrap_header();
         let aad = wrap_aad(&header, context);
         let mut out = Vec::with_capacity(WRAPPED_LEN);
@@ -198,9 +207,14 @@ impl<'a> LocalWrappedRef<'a> {
         }
         let nonce = r.take(WRAP_NONCE_LEN)?;
         let ciphertext = r.take(DataKey::LEN)?;
-        let tag = <&[u8; TAG_LEN]>::try_from(r.take(TAG_LEN)?).map_err(|_| FormatError::Truncated(S))?;
+        let tag =
+            <&[u8; TAG_LEN]>::try_from(r.take(TAG_LEN)?).map_err(|_| FormatError::Truncated(S))?;
         r.finish()?;
-        Ok(Self { nonce, ciphertext, tag })
+        Ok(Self {
+            nonce,
+            ciphertext,
+            tag,
+        })
     }
 }
 
@@ -216,7 +230,11 @@ impl MasterKeyProvider for LocalMasterKey {
         self.wrap_with_nonce(dek, context, &nonce)
     }
 
-    async fn unwrap(&self, wrapped: &WrappedDek, context: &WrapContext<'_>) -> Result<DataKey, Error> {
+    async fn unwrap(
+        &self,
+        wrapped: &WrappedDek,
+        context: &WrapContext<'_>,
+    ) -> Result<DataKey, Error> {
         if wrapped.master_key_id() != &self.id || context.master_key_id != &self.id {
             return Err(Error::Decryption);
         }
@@ -224,7 +242,8 @@ impl MasterKeyProvider for LocalMasterKey {
         let aad = wrap_aad(&wrap_header(), context);
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(parsed.ciphertext);
-        self.cipher.open_in_place(parsed.nonce, &aad, &mut key[..], parsed.tag)?;
+        self.cipher
+            .open_in_place(parsed.nonce, &aad, &mut key[..], parsed.tag)?;
         DataKey::from_slice(&key[..])
     }
 }

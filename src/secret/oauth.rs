@@ -168,7 +168,10 @@ impl fmt::Debug for OAuthToken {
             .field("access_token", &format_args!("[REDACTED]"))
             .field(
                 "refresh_token",
-                &self.refresh_token.as_ref().map(|_| format_args!("[REDACTED]")),
+                &self
+                    .refresh_token
+                    .as_ref()
+                    .map(|_| format_args!("[REDACTED]")),
             )
             .field("token_type", &self.token_type)
             .field("expires_at", &self.expires_at)
@@ -199,7 +202,10 @@ impl sealed::Sealed for OAuthToken {
         1 + 4
             + self.access_token.expose_secret().len()
             + 1
-            + self.refresh_token.as_ref().map_or(0, |r| 4 + r.expose_secret().len())
+            + self
+                .refresh_token
+                .as_ref()
+                .map_or(0, |r| 4 + r.expose_secret().len())
             + 2
             + self.token_type.len()
             + 1
@@ -235,7 +241,8 @@ impl sealed::Sealed for OAuthToken {
 
     fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         fn text<'b>(b: &'b [u8], field: &'static str) -> Result<&'b str, FormatError> {
-            std::str::from_utf8(b).map_err(|_| FormatError::InvalidField(Structure::Plaintext, field))
+            std::str::from_utf8(b)
+                .map_err(|_| FormatError::InvalidField(Structure::Plaintext, field))
         }
         let flag = |b: u8, field| match b {
             0 => Ok(false),
@@ -252,13 +259,23 @@ impl sealed::Sealed for OAuthToken {
         };
         let token_type = text(r.lp16()?, "token type")?;
         if token_type.len() > Self::MAX_TOKEN_TYPE_LEN {
-            return Err(FormatError::InvalidField(Structure::Plaintext, "token type"));
+            return Err(FormatError::InvalidField(
+                Structure::Plaintext,
+                "token type",
+            ));
         }
-        let expires_at = if flag(r.u8()?, "expiry flag")? { Some(r.i64()?) } else { None };
+        let expires_at = if flag(r.u8()?, "expiry flag")? {
+            Some(r.i64()?)
+        } else {
+            None
+        };
         let count = usize::from(r.u16()?);
         // Each scope takes at least two bytes, so the input bounds the allocation.
         if count > Self::MAX_SCOPES || count > r.remaining() / 2 {
-            return Err(FormatError::InvalidField(Structure::Plaintext, "scope count"));
+            return Err(FormatError::InvalidField(
+                Structure::Plaintext,
+                "scope count",
+            ));
         }
         let mut scopes = Vec::with_capacity(count);
         for _ in 0..count {

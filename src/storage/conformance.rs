@@ -85,37 +85,100 @@ fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
 
 pub async fn dek_create_is_create_only(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-create");
-    assert_eq!(store.put_dek(dek_record(&t, 1, 1), PutMode::Create).await.unwrap(), RowVersion::INITIAL);
-    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Create).await), ErrorKind::AlreadyExists);
+    assert_eq!(
+        store
+            .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+            .await
+            .unwrap(),
+        RowVersion::INITIAL
+    );
+    assert_eq!(
+        kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Create).await),
+        ErrorKind::AlreadyExists
+    );
     let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
-    assert_eq!(stored.wrapped.as_bytes(), &[1; 78][..], "a refused create must not overwrite");
+    assert_eq!(
+        stored.wrapped.as_bytes(),
+        &[1; 78][..],
+        "a refused create must not overwrite"
+    );
     assert_eq!(stored.row_version, RowVersion::INITIAL);
 }
 
 pub async fn dek_update_requires_the_stored_row_version(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-update");
-    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 1), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
-    store.put_dek(dek_record(&t, 1, 1), PutMode::Create).await.unwrap();
-    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Update(RowVersion(7))).await), ErrorKind::Conflict);
+    assert_eq!(
+        kind(
+            store
+                .put_dek(dek_record(&t, 1, 1), PutMode::Update(RowVersion::INITIAL))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(
+            store
+                .put_dek(dek_record(&t, 1, 2), PutMode::Update(RowVersion(7)))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
     let mut changed = dek_record(&t, 1, 3);
     changed.state = DekState::DecryptOnly;
     changed.encryptions_reserved = u64::from(u32::MAX) + 5;
     changed.created_at = Timestamp::from_millis(5);
-    assert_eq!(store.put_dek(changed, PutMode::Update(RowVersion::INITIAL)).await.unwrap(), RowVersion(2));
+    assert_eq!(
+        store
+            .put_dek(changed, PutMode::Update(RowVersion::INITIAL))
+            .await
+            .unwrap(),
+        RowVersion(2)
+    );
     let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
     assert_eq!(stored.state, DekState::DecryptOnly);
     assert_eq!(stored.encryptions_reserved, u64::from(u32::MAX) + 5);
     assert_eq!(stored.wrapped.as_bytes(), &[3; 78][..]);
     assert_eq!(stored.row_version, RowVersion(2));
-    assert_eq!(stored.created_at, dek_record(&t, 1, 1).created_at, "created_at is kept");
-    assert_eq!(kind(store.put_dek(dek_record(&t, 1, 4), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
+    assert_eq!(
+        stored.created_at,
+        dek_record(&t, 1, 1).created_at,
+        "created_at is kept"
+    );
+    assert_eq!(
+        kind(
+            store
+                .put_dek(dek_record(&t, 1, 4), PutMode::Update(RowVersion::INITIAL))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
 }
 
 pub async fn dek_upsert_creates_then_increments(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-upsert");
-    assert_eq!(store.put_dek(dek_record(&t, 2, 1), PutMode::Upsert).await.unwrap(), RowVersion::INITIAL);
-    assert_eq!(store.put_dek(dek_record(&t, 2, 2), PutMode::Upsert).await.unwrap(), RowVersion(2));
-    let stored = store.get_dek(&t, DekVersion::new(2).unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .put_dek(dek_record(&t, 2, 1), PutMode::Upsert)
+            .await
+            .unwrap(),
+        RowVersion::INITIAL
+    );
+    assert_eq!(
+        store
+            .put_dek(dek_record(&t, 2, 2), PutMode::Upsert)
+            .await
+            .unwrap(),
+        RowVersion(2)
+    );
+    let stored = store
+        .get_dek(&t, DekVersion::new(2).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.wrapped.as_bytes(), &[2; 78][..]);
     assert_eq!(stored.created_at, dek_record(&t, 2, 1).created_at);
 }
@@ -125,77 +188,195 @@ pub async fn dek_records_round_trip_exactly(store: Arc<dyn Store>) {
     let mut record = dek_record(&t, u32::MAX, 9);
     record.suite = Suite::XChaCha20Poly1305;
     record.state = DekState::Destroyed;
-    record.wrapped = WrappedDek::new(MasterKeyId::new("arn:aws:kms:eu-west-1:1:key/a+b=c@d").unwrap(), (0..=255).collect());
+    record.wrapped = WrappedDek::new(
+        MasterKeyId::new("arn:aws:kms:eu-west-1:1:key/a+b=c@d").unwrap(),
+        (0..=255).collect(),
+    );
     record.encryptions_reserved = i64::MAX as u64;
     record.created_at = Timestamp::from_millis(-1);
     record.updated_at = Timestamp::from_millis(i64::MAX);
-    store.put_dek(record.clone(), PutMode::Create).await.unwrap();
+    store
+        .put_dek(record.clone(), PutMode::Create)
+        .await
+        .unwrap();
     let stored = store.get_dek(&t, record.version).await.unwrap().unwrap();
     record.row_version = RowVersion::INITIAL;
     assert_eq!(stored, record);
-    assert!(store.get_dek(&t, DekVersion::FIRST).await.unwrap().is_none());
+    assert!(
+        store
+            .get_dek(&t, DekVersion::FIRST)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn list_deks_is_ascending_and_per_tenant(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-list");
     let other = unique_tenant("dek-list-other");
     for v in [3, 1, 2, 10] {
-        store.put_dek(dek_record(&t, v, 1), PutMode::Create).await.unwrap();
+        store
+            .put_dek(dek_record(&t, v, 1), PutMode::Create)
+            .await
+            .unwrap();
     }
-    store.put_dek(dek_record(&other, 1, 1), PutMode::Create).await.unwrap();
-    let versions: Vec<u32> = store.list_deks(&t).await.unwrap().iter().map(|r| r.version.get()).collect();
+    store
+        .put_dek(dek_record(&other, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    let versions: Vec<u32> = store
+        .list_deks(&t)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.version.get())
+        .collect();
     assert_eq!(versions, [1, 2, 3, 10]);
-    assert!(store.list_deks(&unique_tenant("none")).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_deks(&unique_tenant("none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
     let t = unique_tenant("secret-modes");
     let n = name("github");
-    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![0]), PutMode::Update(RowVersion::INITIAL)).await), ErrorKind::Conflict);
-    assert_eq!(store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap(), RowVersion::INITIAL);
-    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![2]), PutMode::Create).await), ErrorKind::AlreadyExists);
-    assert_eq!(kind(store.put_secret(secret_record(&t, &n, vec![3]), PutMode::Update(RowVersion(2))).await), ErrorKind::Conflict);
+    assert_eq!(
+        kind(
+            store
+                .put_secret(
+                    secret_record(&t, &n, vec![0]),
+                    PutMode::Update(RowVersion::INITIAL)
+                )
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        store
+            .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
+            .await
+            .unwrap(),
+        RowVersion::INITIAL
+    );
+    assert_eq!(
+        kind(
+            store
+                .put_secret(secret_record(&t, &n, vec![2]), PutMode::Create)
+                .await
+        ),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(
+            store
+                .put_secret(
+                    secret_record(&t, &n, vec![3]),
+                    PutMode::Update(RowVersion(2))
+                )
+                .await
+        ),
+        ErrorKind::Conflict
+    );
     let mut update = secret_record(&t, &n, vec![4]);
     update.metadata.kind = SecretKind::Bytes;
     update.metadata.dek_version = DekVersion::new(2).unwrap();
     update.metadata.created_at = Timestamp::from_millis(1);
     update.metadata.updated_at = Timestamp::from_millis(1_800_000_000_000);
-    assert_eq!(store.put_secret(update, PutMode::Update(RowVersion::INITIAL)).await.unwrap(), RowVersion(2));
-    assert_eq!(store.put_secret(secret_record(&t, &n, vec![5]), PutMode::Upsert).await.unwrap(), RowVersion(3));
+    assert_eq!(
+        store
+            .put_secret(update, PutMode::Update(RowVersion::INITIAL))
+            .await
+            .unwrap(),
+        RowVersion(2)
+    );
+    assert_eq!(
+        store
+            .put_secret(secret_record(&t, &n, vec![5]), PutMode::Upsert)
+            .await
+            .unwrap(),
+        RowVersion(3)
+    );
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
     assert_eq!(stored.envelope, [5]);
     assert_eq!(stored.metadata.row_version, RowVersion(3));
-    assert_eq!(stored.metadata.created_at, Timestamp::from_millis(1_700_000_000_000), "created_at is kept");
+    assert_eq!(
+        stored.metadata.created_at,
+        Timestamp::from_millis(1_700_000_000_000),
+        "created_at is kept"
+    );
     let fresh = name("fresh");
-    assert_eq!(store.put_secret(secret_record(&t, &fresh, vec![6]), PutMode::Upsert).await.unwrap(), RowVersion::INITIAL);
+    assert_eq!(
+        store
+            .put_secret(secret_record(&t, &fresh, vec![6]), PutMode::Upsert)
+            .await
+            .unwrap(),
+        RowVersion::INITIAL
+    );
 }
 
 pub async fn secret_records_round_trip_exactly(store: Arc<dyn Store>) {
     let t = unique_tenant("secret-exact");
     let n = name("blob/with:odd@chars");
-    let envelope: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let envelope: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let mut record = secret_record(&t, &n, envelope);
     record.metadata.kind = SecretKind::OAuthToken;
     record.metadata.dek_version = DekVersion::new(u32::MAX).unwrap();
     record.metadata.updated_at = Timestamp::from_millis(-5);
-    store.put_secret(record.clone(), PutMode::Create).await.unwrap();
+    store
+        .put_secret(record.clone(), PutMode::Create)
+        .await
+        .unwrap();
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
     record.metadata.row_version = RowVersion::INITIAL;
     assert_eq!(stored, record);
-    assert!(store.get_secret(&t, &name("absent")).await.unwrap().is_none());
+    assert!(
+        store
+            .get_secret(&t, &name("absent"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
     let t = unique_tenant("delete");
     let n = name("k");
     assert!(!store.delete_secret(&t, &n, None).await.unwrap());
-    assert!(!store.delete_secret(&t, &n, Some(RowVersion::INITIAL)).await.unwrap());
-    store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap();
-    assert_eq!(kind(store.delete_secret(&t, &n, Some(RowVersion(2))).await), ErrorKind::Conflict);
-    assert!(store.get_secret(&t, &n).await.unwrap().is_some(), "a refused delete deletes nothing");
-    assert!(store.delete_secret(&t, &n, Some(RowVersion::INITIAL)).await.unwrap());
+    assert!(
+        !store
+            .delete_secret(&t, &n, Some(RowVersion::INITIAL))
+            .await
+            .unwrap()
+    );
+    store
+        .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(store.delete_secret(&t, &n, Some(RowVersion(2))).await),
+        ErrorKind::Conflict
+    );
+    assert!(
+        store.get_secret(&t, &n).await.unwrap().is_some(),
+        "a refused delete deletes nothing"
+    );
+    assert!(
+        store
+            .delete_secret(&t, &n, Some(RowVersion::INITIAL))
+            .await
+            .unwrap()
+    );
     assert!(store.get_secret(&t, &n).await.unwrap().is_none());
-    store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Create).await.unwrap();
+    store
+        .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
+        .await
+        .unwrap();
     assert!(store.delete_secret(&t, &n, None).await.unwrap());
 }
 
@@ -219,7 +400,10 @@ pub async fn adversarial_ids_never_collide(store: Arc<dyn Store>) {
         (a.clone(), name(&"x".repeat(SecretName::MAX_LEN))),
     ];
     for (i, (t, n)) in pairs.iter().enumerate() {
-        store.put_secret(secret_record(t, n, vec![i as u8]), PutMode::Create).await.unwrap();
+        store
+            .put_secret(secret_record(t, n, vec![i as u8]), PutMode::Create)
+            .await
+            .unwrap();
     }
     for (i, (t, n)) in pairs.iter().enumerate() {
         let got = store.get_secret(t, n).await.unwrap().unwrap();
@@ -228,12 +412,24 @@ pub async fn adversarial_ids_never_collide(store: Arc<dyn Store>) {
         assert_eq!(&got.metadata.name, n);
     }
     assert!(store.get_secret(&a, &name("b.")).await.unwrap().is_none());
-    assert!(store.get_secret(&a, &name("_")).await.unwrap().is_none(), "no pattern matching");
+    assert!(
+        store.get_secret(&a, &name("_")).await.unwrap().is_none(),
+        "no pattern matching"
+    );
     let listed = store.list_secrets(&a_dot, None, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     let long = TenantId::new("t".repeat(TenantId::MAX_LEN)).unwrap();
-    store.put_dek(dek_record(&long, 1, 1), PutMode::Upsert).await.unwrap();
-    assert!(store.get_dek(&long, DekVersion::FIRST).await.unwrap().is_some());
+    store
+        .put_dek(dek_record(&long, 1, 1), PutMode::Upsert)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_dek(&long, DekVersion::FIRST)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// Pages through `count` records with an awkward page size.
@@ -246,7 +442,10 @@ pub async fn paging_with(store: Arc<dyn Store>, count: usize, page: usize) {
     let mut expected = BTreeSet::new();
     for i in 0..count {
         let n = name(&format!("s{:x}-{}", i * 7919 % count, i % 3));
-        store.put_secret(secret_record(&t, &n, vec![1]), PutMode::Upsert).await.unwrap();
+        store
+            .put_secret(secret_record(&t, &n, vec![1]), PutMode::Upsert)
+            .await
+            .unwrap();
         expected.insert(n);
     }
     let mut seen = Vec::new();
@@ -269,14 +468,25 @@ pub async fn paging_with(store: Arc<dyn Store>, count: usize, page: usize) {
 }
 
 pub async fn tenants_are_listed_once_in_order(store: Arc<dyn Store>) {
-    let mine: BTreeSet<TenantId> = (0..25).map(|i| unique_tenant(&format!("list{i}"))).collect();
+    let mine: BTreeSet<TenantId> = (0..25)
+        .map(|i| unique_tenant(&format!("list{i}")))
+        .collect();
     for t in &mine {
-        store.put_dek(dek_record(t, 1, 1), PutMode::Create).await.unwrap();
-        store.put_dek(dek_record(t, 2, 1), PutMode::Create).await.unwrap();
+        store
+            .put_dek(dek_record(t, 1, 1), PutMode::Create)
+            .await
+            .unwrap();
+        store
+            .put_dek(dek_record(t, 2, 1), PutMode::Create)
+            .await
+            .unwrap();
     }
     // A tenant with secrets but no data key is not a tenant.
     let orphan = unique_tenant("orphan");
-    store.put_secret(secret_record(&orphan, &name("x"), vec![1]), PutMode::Create).await.unwrap();
+    store
+        .put_secret(secret_record(&orphan, &name("x"), vec![1]), PutMode::Create)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut after: Option<TenantId> = None;
     loop {
@@ -290,7 +500,10 @@ pub async fn tenants_are_listed_once_in_order(store: Arc<dyn Store>) {
         }
         after = page.last().cloned();
     }
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending, no duplicates");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ascending, no duplicates"
+    );
     let seen: BTreeSet<_> = seen.into_iter().collect();
     assert!(mine.is_subset(&seen));
     assert!(!seen.contains(&orphan));
@@ -302,7 +515,13 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
     const INCREMENTS: u64 = 20;
     let t = unique_tenant("cas");
     let n = name("counter");
-    store.put_secret(secret_record(&t, &n, 0u64.to_be_bytes().to_vec()), PutMode::Create).await.unwrap();
+    store
+        .put_secret(
+            secret_record(&t, &n, 0u64.to_be_bytes().to_vec()),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..WRITERS {
         let (store, t, n) = (Arc::clone(&store), t.clone(), n.clone());
@@ -313,7 +532,10 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
                     let current = store.get_secret(&t, &n).await.unwrap().unwrap();
                     let value = u64::from_be_bytes(current.envelope.as_slice().try_into().unwrap());
                     let next = secret_record(&t, &n, (value + 1).to_be_bytes().to_vec());
-                    match store.put_secret(next, PutMode::Update(current.metadata.row_version)).await {
+                    match store
+                        .put_secret(next, PutMode::Update(current.metadata.row_version))
+                        .await
+                    {
                         Ok(_) => break,
                         Err(e) if e.kind() == ErrorKind::Conflict => conflicts += 1,
                         Err(e) => panic!("unexpected error: {e}"),
@@ -327,8 +549,14 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
         task.await.unwrap();
     }
     let last = store.get_secret(&t, &n).await.unwrap().unwrap();
-    assert_eq!(u64::from_be_bytes(last.envelope.as_slice().try_into().unwrap()), WRITERS * INCREMENTS);
-    assert_eq!(last.metadata.row_version, RowVersion(1 + WRITERS * INCREMENTS));
+    assert_eq!(
+        u64::from_be_bytes(last.envelope.as_slice().try_into().unwrap()),
+        WRITERS * INCREMENTS
+    );
+    assert_eq!(
+        last.metadata.row_version,
+        RowVersion(1 + WRITERS * INCREMENTS)
+    );
 }
 
 /// 16 tasks race to create the same tenant's first data key; exactly one wins.
@@ -337,7 +565,9 @@ pub async fn racing_dek_creation_has_exactly_one_winner(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..16u8 {
         let (store, t) = (Arc::clone(&store), t.clone());
-        tasks.push(tokio::spawn(async move { store.put_dek(dek_record(&t, 1, i), PutMode::Create).await }));
+        tasks.push(tokio::spawn(async move {
+            store.put_dek(dek_record(&t, 1, i), PutMode::Create).await
+        }));
     }
     let mut winners = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
@@ -348,7 +578,11 @@ pub async fn racing_dek_creation_has_exactly_one_winner(store: Arc<dyn Store>) {
     }
     assert_eq!(winners.len(), 1);
     let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
-    assert_eq!(stored.wrapped.as_bytes(), &[winners[0] as u8; 78][..], "the winner's record is the one stored");
+    assert_eq!(
+        stored.wrapped.as_bytes(),
+        &[winners[0] as u8; 78][..],
+        "the winner's record is the one stored"
+    );
     assert_eq!(store.list_deks(&t).await.unwrap().len(), 1);
 }
 

@@ -12,12 +12,25 @@ use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 
 /// A [`Store`] in process memory. Everything is lost when it is dropped; two processes
 /// cannot share it. Cheap and exact, it is the reference backend of the conformance suite.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryStore {
     inner: RwLock<Inner>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.read();
+        f.debug_struct("MemoryStore")
+            .field("tenants", &inner.deks.len())
+            .field(
+                "secrets",
+                &inner.secrets.values().map(BTreeMap::len).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     deks: BTreeMap<TenantId, BTreeMap<DekVersion, DekRecord>>,
     secrets: BTreeMap<TenantId, BTreeMap<SecretName, SecretRecord>>,
@@ -66,12 +79,26 @@ impl Store for MemoryStore {
         "memory"
     }
 
-    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error> {
-        Ok(self.read().deks.get(tenant).and_then(|m| m.get(&version)).cloned())
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<Option<DekRecord>, Error> {
+        Ok(self
+            .read()
+            .deks
+            .get(tenant)
+            .and_then(|m| m.get(&version))
+            .cloned())
     }
 
     async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
-        Ok(self.read().deks.get(tenant).map(|m| m.values().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .read()
+            .deks
+            .get(tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn put_dek(&self, mut record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
@@ -87,13 +114,29 @@ impl Store for MemoryStore {
         Ok(row_version)
     }
 
-    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error> {
-        Ok(self.read().secrets.get(tenant).and_then(|m| m.get(name)).cloned())
+    async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<Option<SecretRecord>, Error> {
+        Ok(self
+            .read()
+            .secrets
+            .get(tenant)
+            .and_then(|m| m.get(name))
+            .cloned())
     }
 
-    async fn put_secret(&self, mut record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+    async fn put_secret(
+        &self,
+        mut record: SecretRecord,
+        mode: PutMode,
+    ) -> Result<RowVersion, Error> {
         let mut inner = self.write();
-        let names = inner.secrets.entry(record.metadata.tenant.clone()).or_default();
+        let names = inner
+            .secrets
+            .entry(record.metadata.tenant.clone())
+            .or_default();
         let existing = names.get(&record.metadata.name);
         let row_version = check_mode(existing, mode, |r| r.metadata.row_version, "secret")?;
         if let Some(old) = existing {
@@ -111,8 +154,12 @@ impl Store for MemoryStore {
         expected: Option<RowVersion>,
     ) -> Result<bool, Error> {
         let mut inner = self.write();
-        let Some(names) = inner.secrets.get_mut(tenant) else { return Ok(false) };
-        let Some(existing) = names.get(name) else { return Ok(false) };
+        let Some(names) = inner.secrets.get_mut(tenant) else {
+            return Ok(false);
+        };
+        let Some(existing) = names.get(name) else {
+            return Ok(false);
+        };
         if expected.is_some_and(|v| v != existing.metadata.row_version) {
             return Err(Error::Conflict { what: "secret" });
         }
@@ -130,7 +177,9 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<SecretMetadata>, Error> {
         let inner = self.read();
-        let Some(names) = inner.secrets.get(tenant) else { return Ok(Vec::new()) };
+        let Some(names) = inner.secrets.get(tenant) else {
+            return Ok(Vec::new());
+        };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(names
             .range::<SecretName, _>((lower, Bound::Unbounded))
@@ -139,7 +188,11 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, Error> {
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantId>, Error> {
         let inner = self.read();
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(inner

@@ -20,7 +20,10 @@ fn small(value: i64, field: &'static str) -> Result<u8, Error> {
 }
 
 fn version(value: i64, field: &'static str) -> Result<DekVersion, Error> {
-    u32::try_from(value).ok().and_then(DekVersion::new).ok_or_else(|| bad(field))
+    u32::try_from(value)
+        .ok()
+        .and_then(DekVersion::new)
+        .ok_or_else(|| bad(field))
 }
 
 fn unsigned(value: i64, field: &'static str) -> Result<u64, Error> {
@@ -54,7 +57,8 @@ impl DekRow {
             tenant: TenantId::new(&self.tenant).map_err(|_| bad("tenant"))?,
             version: version(self.version, "version")?,
             state: DekState::from_u8(small(self.state, "state")?).ok_or_else(|| bad("state"))?,
-            suite: Suite::from_u8(suite_byte).ok_or(Error::Format(FormatError::UnsupportedSuite(S, suite_byte)))?,
+            suite: Suite::from_u8(suite_byte)
+                .ok_or(Error::Format(FormatError::UnsupportedSuite(S, suite_byte)))?,
             wrapped: WrappedDek::new(
                 MasterKeyId::new(&self.master_key_id).map_err(|_| bad("master key id"))?,
                 self.wrapped,
@@ -122,5 +126,8 @@ impl MetaRow {
 
 /// A secret row: metadata columns plus the envelope.
 pub(crate) fn secret_record(meta: MetaRow, envelope: Vec<u8>) -> Result<SecretRecord, Error> {
-    Ok(SecretRecord { metadata: meta.into_metadata()?, envelope })
+    Ok(SecretRecord {
+        metadata: meta.into_metadata()?,
+        envelope,
+    })
 }

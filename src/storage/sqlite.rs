@@ -15,7 +15,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite};
 
 use super::rows::{DekRow, MetaRow, secret_record, to_sql_u64};
@@ -78,13 +81,23 @@ pub struct SqliteOptions {
 impl SqliteOptions {
     /// A database file, created if missing.
     pub fn file(path: impl AsRef<Path>) -> Self {
-        Self { path: Some(path.as_ref().to_path_buf()), busy_timeout: Duration::from_secs(10), max_connections: 8, durable: true }
+        Self {
+            path: Some(path.as_ref().to_path_buf()),
+            busy_timeout: Duration::from_secs(10),
+            max_connections: 8,
+            durable: true,
+        }
     }
 
     /// A private in-memory database, gone when the store is dropped.
     #[must_use]
     pub fn in_memory() -> Self {
-        Self { path: None, busy_timeout: Duration::from_secs(10), max_connections: 1, durable: true }
+        Self {
+            path: None,
+            busy_timeout: Duration::from_secs(10),
+            max_connections: 1,
+            durable: true,
+        }
     }
 
     /// How long a write waits for another connection or process to release the file
@@ -155,20 +168,33 @@ impl SqliteStore {
     /// As [`Self::open`].
     pub async fn with_options(options: SqliteOptions) -> Result<Self, Error> {
         let connect = match &options.path {
-            Some(path) => SqliteConnectOptions::new().filename(path).create_if_missing(true),
+            Some(path) => SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true),
             None => SqliteConnectOptions::from_str("sqlite::memory:").map_err(map_err)?,
         }
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(if options.durable { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+        .synchronous(if options.durable {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
         .busy_timeout(options.busy_timeout)
         .foreign_keys(true);
         let mut pool = SqlitePoolOptions::new().max_connections(options.max_connections);
         if options.path.is_none() {
             // The single connection owns the in-memory database: never recycle it.
-            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None).max_connections(1);
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .max_connections(1);
         }
         let pool = pool.connect_with(connect).await.map_err(map_err)?;
-        let store = Self { pool, path: options.path };
+        let store = Self {
+            pool,
+            path: options.path,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -194,23 +220,33 @@ impl SqliteStore {
     /// # Errors
     /// [`Error::Config`] if the database was written by a newer schema version.
     pub async fn migrate(&self) -> Result<(), Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
         sqlx::query("CREATE TABLE IF NOT EXISTS credvault_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM credvault_schema WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM credvault_schema WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
         match current {
             Some(v) if v > SCHEMA_VERSION => {
-                return Err(Error::Config("the SQLite database was written by a newer credvault schema"));
+                return Err(Error::Config(
+                    "the SQLite database was written by a newer credvault schema",
+                ));
             }
             Some(v) if v == SCHEMA_VERSION => {}
             _ => {
                 for statement in MIGRATION_V1 {
-                    sqlx::query(*statement).execute(&mut *tx).await.map_err(map_err)?;
+                    sqlx::query(*statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
                 }
                 sqlx::query("INSERT INTO credvault_schema (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET version = excluded.version")
                     .bind(SCHEMA_VERSION)
@@ -225,7 +261,9 @@ impl SqliteStore {
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -234,12 +272,21 @@ fn map_err(e: sqlx::Error) -> Error {
     let busy = match &e {
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            db.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6))
         }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         _ => false,
     };
-    if busy { Error::unavailable(BACKEND, e) } else { Error::storage(BACKEND, e) }
+    if busy {
+        Error::unavailable(BACKEND, e)
+    } else {
+        Error::storage(BACKEND, e)
+    }
 }
 
 fn dek_row(row: &SqliteRow) -> Result<DekRecord, Error> {
@@ -282,8 +329,16 @@ impl Store for SqliteStore {
         BACKEND
     }
 
-    async fn get_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<Option<DekRecord>, Error> {
-        let sql = concat!("SELECT ", dek_columns!(), " FROM credvault_deks WHERE tenant = ? AND version = ?");
+    async fn get_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<Option<DekRecord>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            dek_columns!(),
+            " FROM credvault_deks WHERE tenant = ? AND version = ?"
+        );
         let row = sqlx::query(sql)
             .bind(tenant.as_str())
             .bind(i64::from(version.get()))
@@ -294,8 +349,16 @@ impl Store for SqliteStore {
     }
 
     async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
-        let sql = concat!("SELECT ", dek_columns!(), " FROM credvault_deks WHERE tenant = ? ORDER BY version");
-        let rows = sqlx::query(sql).bind(tenant.as_str()).fetch_all(&self.pool).await.map_err(map_err)?;
+        let sql = concat!(
+            "SELECT ",
+            dek_columns!(),
+            " FROM credvault_deks WHERE tenant = ? ORDER BY version"
+        );
+        let rows = sqlx::query(sql)
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
         rows.iter().map(dek_row).collect()
     }
 
@@ -319,8 +382,15 @@ impl Store for SqliteStore {
                     "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, version) DO NOTHING",
                 );
-                let done = bind_all(q, row).execute(&self.pool).await.map_err(map_err)?;
-                if done.rows_affected() == 1 { Ok(RowVersion::INITIAL) } else { Err(Error::AlreadyExists { what }) }
+                let done = bind_all(q, row)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 1 {
+                    Ok(RowVersion::INITIAL)
+                } else {
+                    Err(Error::AlreadyExists { what })
+                }
             }
             PutMode::Update(expected) => {
                 let next = expected.next().ok_or(Error::Conflict { what })?;
@@ -341,7 +411,11 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
-                if done.rows_affected() == 1 { Ok(next) } else { Err(Error::Conflict { what }) }
+                if done.rows_affected() == 1 {
+                    Ok(next)
+                } else {
+                    Err(Error::Conflict { what })
+                }
             }
             PutMode::Upsert => {
                 let q = sqlx::query(
@@ -353,14 +427,29 @@ impl Store for SqliteStore {
                        row_version = credvault_deks.row_version + 1
                      RETURNING row_version",
                 );
-                let v: i64 = bind_all(q, row).fetch_one(&self.pool).await.map_err(map_err)?.try_get(0).map_err(map_err)?;
-                u64::try_from(v).map(RowVersion).map_err(|_| Error::Conflict { what })
+                let v: i64 = bind_all(q, row)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?
+                    .try_get(0)
+                    .map_err(map_err)?;
+                u64::try_from(v)
+                    .map(RowVersion)
+                    .map_err(|_| Error::Conflict { what })
             }
         }
     }
 
-    async fn get_secret(&self, tenant: &TenantId, name: &SecretName) -> Result<Option<SecretRecord>, Error> {
-        let sql = concat!("SELECT ", meta_columns!(), ", envelope FROM credvault_secrets WHERE tenant = ? AND name = ?");
+    async fn get_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<Option<SecretRecord>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            meta_columns!(),
+            ", envelope FROM credvault_secrets WHERE tenant = ? AND name = ?"
+        );
         let row = sqlx::query(sql)
             .bind(tenant.as_str())
             .bind(name.as_str())
@@ -396,7 +485,11 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
-                if done.rows_affected() == 1 { Ok(RowVersion::INITIAL) } else { Err(Error::AlreadyExists { what }) }
+                if done.rows_affected() == 1 {
+                    Ok(RowVersion::INITIAL)
+                } else {
+                    Err(Error::AlreadyExists { what })
+                }
             }
             PutMode::Update(expected) => {
                 let next = expected.next().ok_or(Error::Conflict { what })?;
@@ -414,7 +507,11 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
-                if done.rows_affected() == 1 { Ok(next) } else { Err(Error::Conflict { what }) }
+                if done.rows_affected() == 1 {
+                    Ok(next)
+                } else {
+                    Err(Error::Conflict { what })
+                }
             }
             PutMode::Upsert => {
                 let v: i64 = sqlx::query(
@@ -437,12 +534,19 @@ impl Store for SqliteStore {
                 .map_err(map_err)?
                 .try_get(0)
                 .map_err(map_err)?;
-                u64::try_from(v).map(RowVersion).map_err(|_| Error::Conflict { what })
+                u64::try_from(v)
+                    .map(RowVersion)
+                    .map_err(|_| Error::Conflict { what })
             }
         }
     }
 
-    async fn delete_secret(&self, tenant: &TenantId, name: &SecretName, expected: Option<RowVersion>) -> Result<bool, Error> {
+    async fn delete_secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error> {
         let done = match expected {
             None => sqlx::query("DELETE FROM credvault_secrets WHERE tenant = ? AND name = ?")
                 .bind(tenant.as_str())
@@ -450,13 +554,15 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?,
-            Some(v) => sqlx::query("DELETE FROM credvault_secrets WHERE tenant = ? AND name = ? AND row_version = ?")
-                .bind(tenant.as_str())
-                .bind(name.as_str())
-                .bind(to_sql_u64(v.0, "row version")?)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?,
+            Some(v) => sqlx::query(
+                "DELETE FROM credvault_secrets WHERE tenant = ? AND name = ? AND row_version = ?",
+            )
+            .bind(tenant.as_str())
+            .bind(name.as_str())
+            .bind(to_sql_u64(v.0, "row version")?)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?,
         };
         if done.rows_affected() == 1 {
             return Ok(true);
@@ -467,8 +573,17 @@ impl Store for SqliteStore {
         Ok(false)
     }
 
-    async fn list_secrets(&self, tenant: &TenantId, after: Option<&SecretName>, n: usize) -> Result<Vec<SecretMetadata>, Error> {
-        let sql = concat!("SELECT ", meta_columns!(), " FROM credvault_secrets WHERE tenant = ? AND name > ? ORDER BY name LIMIT ?");
+    async fn list_secrets(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SecretName>,
+        n: usize,
+    ) -> Result<Vec<SecretMetadata>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            meta_columns!(),
+            " FROM credvault_secrets WHERE tenant = ? AND name > ? ORDER BY name LIMIT ?"
+        );
         let rows = sqlx::query(sql)
             .bind(tenant.as_str())
             .bind(after.map_or("", SecretName::as_str))
@@ -479,7 +594,11 @@ impl Store for SqliteStore {
         rows.iter().map(|r| meta_row(r)?.into_metadata()).collect()
     }
 
-    async fn list_tenants(&self, after: Option<&TenantId>, n: usize) -> Result<Vec<TenantId>, Error> {
+    async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        n: usize,
+    ) -> Result<Vec<TenantId>, Error> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT tenant FROM credvault_deks WHERE tenant > ? ORDER BY tenant LIMIT ?",
         )
@@ -489,7 +608,14 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         rows.iter()
-            .map(|t| TenantId::new(t).map_err(|_| Error::Format(crate::FormatError::InvalidField(crate::Structure::Record, "tenant"))))
+            .map(|t| {
+                TenantId::new(t).map_err(|_| {
+                    Error::Format(crate::FormatError::InvalidField(
+                        crate::Structure::Record,
+                        "tenant",
+                    ))
+                })
+            })
             .collect()
     }
 }

@@ -51,7 +51,10 @@ pub(crate) struct ActiveKeys {
 
 impl ActiveKeys {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { map: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        Self {
+            map: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, Arc<ActiveDek>>> {
@@ -106,7 +109,11 @@ impl Inner {
     ) -> Result<CachedDek, Error> {
         let record = match record {
             Some(r) => r,
-            None => self.store.get_dek(tenant, version).await?.ok_or(Error::KeyMissing { version })?,
+            None => self
+                .store
+                .get_dek(tenant, version)
+                .await?
+                .ok_or(Error::KeyMissing { version })?,
         };
         if record.state == DekState::Destroyed {
             return Err(Error::KeyDestroyed { version });
@@ -118,19 +125,36 @@ impl Inner {
         }
         let master_key_id = record.wrapped.master_key_id().clone();
         let provider = self.keys.get(&master_key_id)?;
-        let context = WrapContext { tenant, dek_version: version, suite: record.suite, master_key_id: &master_key_id };
+        let context = WrapContext {
+            tenant,
+            dek_version: version,
+            suite: record.suite,
+            master_key_id: &master_key_id,
+        };
         let dek = provider.unwrap(&record.wrapped, &context).await?;
         let cipher = crate::crypto::SecretCipher::new(record.suite, &dek)?;
         tracing::debug!(dek_version = version.get(), "unwrapped a data key");
-        Ok(CachedDek { cipher, suite: record.suite })
+        Ok(CachedDek {
+            cipher,
+            suite: record.suite,
+        })
     }
 
     /// Wraps a fresh data key for `tenant` at `version` under the active master key.
-    pub(crate) async fn mint_dek(&self, tenant: &TenantId, version: DekVersion) -> Result<DekRecord, Error> {
+    pub(crate) async fn mint_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+    ) -> Result<DekRecord, Error> {
         let dek = DataKey::generate()?;
         let provider = self.keys.active();
         let suite = self.config.suite;
-        let context = WrapContext { tenant, dek_version: version, suite, master_key_id: provider.id() };
+        let context = WrapContext {
+            tenant,
+            dek_version: version,
+            suite,
+            master_key_id: provider.id(),
+        };
         let wrapped = provider.wrap(&dek, &context).await?;
         let now = Timestamp::now();
         Ok(DekRecord {
@@ -161,7 +185,9 @@ impl Inner {
         let version = record.version;
         let dek = self
             .deks
-            .get_or_load(tenant, version, || self.unwrap_record(tenant, version, Some(record)))
+            .get_or_load(tenant, version, || {
+                self.unwrap_record(tenant, version, Some(record))
+            })
             .await?;
         // Keep what is left of this process's block if the active version did not change.
         let carried = expired
@@ -181,7 +207,10 @@ impl Inner {
     /// Reserves one encryption under the tenant's active key: from the in-memory block, or
     /// by reserving a new block in the store, or by rolling the tenant to a new version.
     /// Returns the key to encrypt with.
-    pub(crate) async fn reserve_encryption(&self, tenant: &TenantId) -> Result<Arc<ActiveDek>, Error> {
+    pub(crate) async fn reserve_encryption(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Arc<ActiveDek>, Error> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let active = self.active_dek(tenant).await?;
             if active.try_take() {
@@ -205,7 +234,11 @@ impl Inner {
         let limit = |suite| self.config.max_encryptions(suite);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let version = active.version;
-            let record = self.store.get_dek(tenant, version).await?.ok_or(Error::KeyMissing { version })?;
+            let record = self
+                .store
+                .get_dek(tenant, version)
+                .await?
+                .ok_or(Error::KeyMissing { version })?;
             if record.state != DekState::Active {
                 return Ok(false);
             }
@@ -239,13 +272,20 @@ impl Inner {
     /// one is demoted, so a crash in between leaves two active versions, of which the
     /// higher is used.
     async fn roll(&self, tenant: &TenantId, old: DekRecord) -> Result<(), Error> {
-        let next = old.version.next().ok_or(Error::Config("data key versions exhausted"))?;
+        let next = old
+            .version
+            .next()
+            .ok_or(Error::Config("data key versions exhausted"))?;
         let record = self.mint_dek(tenant, next).await?;
         match self.store.put_dek(record, PutMode::Create).await {
             Ok(_) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
-        tracing::info!(from = old.version.get(), to = next.get(), "data key reached its usage limit; rolled");
+        tracing::info!(
+            from = old.version.get(),
+            to = next.get(),
+            "data key reached its usage limit; rolled"
+        );
         let expected = old.row_version;
         let mut demoted = old;
         demoted.state = DekState::DecryptOnly;

@@ -37,7 +37,9 @@ impl Config {
             Suite::Aes256Gcm => DEFAULT_MAX_ENCRYPTIONS_AES,
             Suite::XChaCha20Poly1305 => DEFAULT_MAX_ENCRYPTIONS_XCHACHA,
         };
-        self.max_encryptions.unwrap_or(default).min(suite.max_encryptions())
+        self.max_encryptions
+            .unwrap_or(default)
+            .min(suite.max_encryptions())
     }
 }
 
@@ -119,7 +121,9 @@ impl VaultBuilder {
     pub fn build(self) -> Result<Vault, Error> {
         let c = &self.config;
         if c.max_secret_size == 0 || c.max_secret_size > MAX_SECRET_SIZE_LIMIT {
-            return Err(Error::Config("max secret size must be between 1 byte and 16 MiB"));
+            return Err(Error::Config(
+                "max secret size must be between 1 byte and 16 MiB",
+            ));
         }
         if c.dek_cache_capacity == 0 {
             return Err(Error::Config("data key cache capacity must be at least 1"));
@@ -136,6 +140,14 @@ impl VaultBuilder {
     pub(crate) fn build_unchecked(self) -> Vault {
         let deks = DekCache::new(self.config.dek_cache_capacity, self.config.dek_cache_ttl);
         let active = ActiveKeys::new(self.config.dek_cache_capacity);
-        Vault { inner: Arc::new(Inner { store: self.store, keys: self.keys, config: self.config, deks, active }) }
+        Vault {
+            inner: Arc::new(Inner {
+                store: self.store,
+                keys: self.keys,
+                config: self.config,
+                deks,
+                active,
+            }),
+        }
     }
 }

@@ -24,7 +24,9 @@ impl Vault {
             return Ok(TenantCreation::AlreadyExisted);
         }
         let version = match existing.iter().map(|r| r.version).max() {
-            Some(v) => v.next().ok_or(Error::Config("data key versions exhausted"))?,
+            Some(v) => v
+                .next()
+                .ok_or(Error::Config("data key versions exhausted"))?,
             None => DekVersion::FIRST,
         };
         let record = inner.mint_dek(tenant, version).await?;
@@ -44,7 +46,11 @@ impl Vault {
     ///
     /// # Errors
     /// A storage error.
-    pub async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, Error> {
+    pub async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantId>, Error> {
         self.inner.store.list_tenants(after, limit).await
     }
 
@@ -54,7 +60,12 @@ impl Vault {
     /// # Errors
     /// [`Error::TooLarge`] or [`Error::InvalidInput`] (nothing is written),
     /// [`Error::TenantNotFound`], or a key or storage error.
-    pub async fn put<S: Secret>(&self, tenant: &TenantId, name: &SecretName, secret: &S) -> Result<RowVersion, Error> {
+    pub async fn put<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        secret: &S,
+    ) -> Result<RowVersion, Error> {
         self.write(tenant, name, secret, PutMode::Upsert).await
     }
 
@@ -62,7 +73,12 @@ impl Vault {
     ///
     /// # Errors
     /// [`Error::AlreadyExists`], and the errors of [`Self::put`].
-    pub async fn create<S: Secret>(&self, tenant: &TenantId, name: &SecretName, secret: &S) -> Result<RowVersion, Error> {
+    pub async fn create<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        secret: &S,
+    ) -> Result<RowVersion, Error> {
         self.write(tenant, name, secret, PutMode::Create).await
     }
 
@@ -80,19 +96,35 @@ impl Vault {
         secret: &S,
         expected: RowVersion,
     ) -> Result<RowVersion, Error> {
-        self.write(tenant, name, secret, PutMode::Update(expected)).await
+        self.write(tenant, name, secret, PutMode::Update(expected))
+            .await
     }
 
-    async fn write<S: Secret>(&self, tenant: &TenantId, name: &SecretName, secret: &S, mode: PutMode) -> Result<RowVersion, Error> {
+    async fn write<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        secret: &S,
+        mode: PutMode,
+    ) -> Result<RowVersion, Error> {
         let inner = &self.inner;
         secret.check()?;
         let size = secret.encoded_len();
         if size > inner.config.max_secret_size {
-            return Err(Error::TooLarge { size, limit: inner.config.max_secret_size });
+            return Err(Error::TooLarge {
+                size,
+                limit: inner.config.max_secret_size,
+            });
         }
         let active = inner.reserve_encryption(tenant).await?;
         let ctx = SecretContext { tenant, name };
-        let sealed = envelope::seal(&active.dek.cipher, active.dek.suite, active.version, ctx, secret)?;
+        let sealed = envelope::seal(
+            &active.dek.cipher,
+            active.dek.suite,
+            active.version,
+            ctx,
+            secret,
+        )?;
         let now = Timestamp::now();
         let record = SecretRecord {
             metadata: SecretMetadata {
@@ -121,22 +153,40 @@ impl Vault {
     /// [`crate::FormatError`], [`Error::KeyMissing`], [`Error::KeyDestroyed`],
     /// [`Error::UnknownMasterKey`], or a storage error.
     pub async fn get<S: Secret>(&self, tenant: &TenantId, name: &SecretName) -> Result<S, Error> {
-        self.get_with_metadata(tenant, name).await.map(|(secret, _)| secret)
+        self.get_with_metadata(tenant, name)
+            .await
+            .map(|(secret, _)| secret)
     }
 
     /// [`Self::get`], with the secret's metadata (for a following [`Self::update`]).
     ///
     /// # Errors
     /// As [`Self::get`].
-    pub async fn get_with_metadata<S: Secret>(&self, tenant: &TenantId, name: &SecretName) -> Result<(S, SecretMetadata), Error> {
+    pub async fn get_with_metadata<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<(S, SecretMetadata), Error> {
         let inner = &self.inner;
-        let record = inner.store.get_secret(tenant, name).await?.ok_or(Error::NotFound)?;
+        let record = inner
+            .store
+            .get_secret(tenant, name)
+            .await?
+            .ok_or(Error::NotFound)?;
         let parsed = EnvelopeRef::parse(&record.envelope)?;
         if parsed.kind() != S::KIND {
-            return Err(Error::KindMismatch { stored: parsed.kind(), requested: S::KIND });
+            return Err(Error::KindMismatch {
+                stored: parsed.kind(),
+                requested: S::KIND,
+            });
         }
         let version = parsed.dek_version();
-        let dek = inner.deks.get_or_load(tenant, version, || inner.unwrap_record(tenant, version, None)).await?;
+        let dek = inner
+            .deks
+            .get_or_load(tenant, version, || {
+                inner.unwrap_record(tenant, version, None)
+            })
+            .await?;
         if dek.suite != parsed.suite() {
             return Err(Error::Decryption);
         }
@@ -149,8 +199,17 @@ impl Vault {
     ///
     /// # Errors
     /// [`Error::NotFound`] or a storage error.
-    pub async fn metadata(&self, tenant: &TenantId, name: &SecretName) -> Result<SecretMetadata, Error> {
-        let record = self.inner.store.get_secret(tenant, name).await?.ok_or(Error::NotFound)?;
+    pub async fn metadata(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<SecretMetadata, Error> {
+        let record = self
+            .inner
+            .store
+            .get_secret(tenant, name)
+            .await?
+            .ok_or(Error::NotFound)?;
         Ok(record.metadata)
     }
 
@@ -170,7 +229,12 @@ impl Vault {
     ///
     /// # Errors
     /// A storage error.
-    pub async fn list(&self, tenant: &TenantId, after: Option<&SecretName>, limit: usize) -> Result<Vec<SecretMetadata>, Error> {
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretMetadata>, Error> {
         self.inner.store.list_secrets(tenant, after, limit).await
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use credvault::storage::{DekRecord, PutMode, SecretRecord, Store};
-use credvault::{LocalMasterKey, MasterKeyRing, MemoryStore, SecretName, SqliteStore, TenantId, Vault};
+use credvault::{LocalMasterKey, MasterKeyRing, MemoryStore, SecretName, TenantId, Vault};
 
 pub(crate) fn tenant(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -24,17 +24,26 @@ pub(crate) fn ring() -> MasterKeyRing {
 
 /// One vault per backend, each over a fresh store.
 pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
-    vec![
-        ("memory", Arc::new(MemoryStore::new()) as Arc<dyn Store>),
-        ("sqlite", Arc::new(SqliteStore::open_in_memory().await.unwrap()) as Arc<dyn Store>),
-    ]
+    let mut out = vec![("memory", Arc::new(MemoryStore::new()) as Arc<dyn Store>)];
+    #[cfg(feature = "sqlite")]
+    out.push((
+        "sqlite",
+        Arc::new(credvault::SqliteStore::open_in_memory().await.unwrap()) as Arc<dyn Store>,
+    ));
+    out
 }
 
 pub(crate) fn vault_over(store: &Arc<dyn Store>) -> Vault {
-    Vault::builder_with_store(Arc::clone(store), ring()).build().unwrap()
+    Vault::builder_with_store(Arc::clone(store), ring())
+        .build()
+        .unwrap()
 }
 
-pub(crate) async fn raw_secret(store: &Arc<dyn Store>, t: &TenantId, n: &SecretName) -> SecretRecord {
+pub(crate) async fn raw_secret(
+    store: &Arc<dyn Store>,
+    t: &TenantId,
+    n: &SecretName,
+) -> SecretRecord {
     store.get_secret(t, n).await.unwrap().unwrap()
 }
 
