@@ -101,11 +101,15 @@ pub(crate) struct SecretCipher {
     imp: CipherImpl,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the AES key schedule stays inline: no pointer chase on every seal and open"
+)]
 enum CipherImpl {
     // ring does not zeroize its AES key schedule on drop; SECURITY.md says so.
     Aes(LessSafeKey),
     // chacha20poly1305 with the `zeroize` feature wipes the key on drop.
-    XChaCha(Box<XChaCha20Poly1305>),
+    XChaCha(XChaCha20Poly1305),
 }
 
 impl SecretCipher {
@@ -123,7 +127,7 @@ impl SecretCipher {
                 CipherImpl::Aes(LessSafeKey::new(unbound))
             }
             Suite::XChaCha20Poly1305 => {
-                CipherImpl::XChaCha(Box::new(XChaCha20Poly1305::new(&(*bytes).into())))
+                CipherImpl::XChaCha(XChaCha20Poly1305::new(&(*bytes).into()))
             }
         };
         Ok(Self { imp })

@@ -211,6 +211,7 @@ impl fmt::Display for RowVersion {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test assertions")]
 mod tests {
     use super::*;
 

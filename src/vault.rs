@@ -58,7 +58,6 @@ impl Vault {
 
     /// [`Self::builder`] for a store that is already shared (for example with another
     /// vault instance).
-    #[must_use]
     pub fn builder_with_store(store: Arc<dyn Store>, keys: MasterKeyRing) -> VaultBuilder {
         VaultBuilder::new(store, keys)
     }

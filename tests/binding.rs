@@ -3,8 +3,13 @@
 //! versions and master keys. A missing key is an error, never a reason to mint one.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
-    reason = "test assertions"
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
 )]
 
 mod common;

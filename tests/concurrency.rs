@@ -4,8 +4,13 @@
 #![cfg(feature = "sqlite")]
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
-    reason = "test assertions"
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
 )]
 
 mod common;

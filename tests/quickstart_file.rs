@@ -3,12 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "test assertions")]
 
 #[path = "../examples/quickstart.rs"]
-#[allow(
-    dead_code,
-    unreachable_pub,
-    clippy::print_stdout,
-    reason = "the example's main is not used here"
-)]
+#[allow(dead_code, reason = "the example's main is not used here")]
 mod quickstart;
 
 #[tokio::test]

@@ -4,8 +4,13 @@
 #![cfg(feature = "sqlite")]
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
-    reason = "test assertions"
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
 )]
 
 mod common;
@@ -46,7 +51,10 @@ fn error_chain(e: &credvault::Error) -> String {
     let mut out = format!("{e} | {e:?}");
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(&format!(" | {s} | {s:?}"));
+        {
+            use std::fmt::Write as _;
+            let _ = write!(out, " | {s} | {s:?}");
+        }
         source = s.source();
     }
     out

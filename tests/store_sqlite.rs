@@ -1,6 +1,16 @@
 //! `SqliteStore` passes the storage conformance suite, in memory and on a file shared by
 //! two independently opened stores (as two processes would open it).
 #![cfg(feature = "sqlite")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
+)]
 
 use std::sync::Arc;
 

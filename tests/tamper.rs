@@ -2,9 +2,13 @@
 //! truncation of an envelope and of a wrapped data key is rejected, on every backend.
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
     clippy::print_stdout,
-    reason = "test assertions and summaries"
+    reason = "test code: failing loudly is the point"
 )]
 
 mod common;

@@ -1,6 +1,15 @@
 //! Bad input is rejected before anything is written: bad identifiers, oversize secrets,
 //! OAuth fields over their limits, and bad configuration.
-#![allow(clippy::unwrap_used, reason = "test assertions")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
+)]
 
 mod common;
 

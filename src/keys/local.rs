@@ -253,6 +253,6 @@ impl fmt::Debug for LocalMasterKey {
         f.debug_struct("LocalMasterKey")
             .field("id", &self.id)
             .field("key", &format_args!("[REDACTED]"))
-            .finish()
+            .finish_non_exhaustive()
     }
 }

@@ -16,6 +16,9 @@
     clippy::expect_used,
     clippy::panic,
     clippy::indexing_slicing,
+    clippy::missing_panics_doc,
+    clippy::cast_possible_truncation,
+    clippy::format_collect,
     missing_docs,
     reason = "conformance checks are test assertions; each check's name is its documentation"
 )]

@@ -62,13 +62,12 @@ fn check_mode<T>(
 ) -> Result<RowVersion, Error> {
     let overflow = || Error::Conflict { what };
     match (mode, existing) {
-        (PutMode::Create, None) => Ok(RowVersion::INITIAL),
+        (PutMode::Create | PutMode::Upsert, None) => Ok(RowVersion::INITIAL),
         (PutMode::Create, Some(_)) => Err(Error::AlreadyExists { what }),
         (PutMode::Update(expected), Some(old)) if version_of(old) == expected => {
             expected.next().ok_or_else(overflow)
         }
         (PutMode::Update(_), _) => Err(Error::Conflict { what }),
-        (PutMode::Upsert, None) => Ok(RowVersion::INITIAL),
         (PutMode::Upsert, Some(old)) => version_of(old).next().ok_or_else(overflow),
     }
 }
