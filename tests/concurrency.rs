@@ -186,3 +186,95 @@ async fn roll_over_under_contention_keeps_every_key_within_its_limit() {
         .collect();
     assert!(!active.is_empty());
 }
+
+/// Two real processes (this test binary, re-run as children) write to one SQLite file at
+/// once: distinct secrets from each, and read-modify-write increments of one shared counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_sqlite_file_lose_nothing() {
+    const CHILD: &str = "CREDVAULT_TEST_CHILD_WRITER";
+    const PUTS: usize = 40;
+    const INCREMENTS: u64 = 15;
+    let t = tenant("acme");
+    let counter = name("counter");
+    if let Ok(spec) = std::env::var(CHILD) {
+        let (path, id) = spec.split_once('|').unwrap();
+        let store = SqliteStore::open(path).await.unwrap();
+        let vault = Vault::builder(store, ring())
+            .with_reservation_block(8)
+            .build()
+            .unwrap();
+        vault.create_tenant(&t).await.unwrap();
+        for i in 0..PUTS {
+            let value = format!("{id}-{i}");
+            vault
+                .put(&t, &name(&format!("p{id}-{i}")), &ApiKey::new(value))
+                .await
+                .unwrap();
+            if (i as u64) < INCREMENTS {
+                loop {
+                    let (current, meta) = vault
+                        .get_with_metadata::<ApiKey>(&t, &counter)
+                        .await
+                        .unwrap();
+                    let next = current.expose_secret().parse::<u64>().unwrap() + 1;
+                    match vault
+                        .update(
+                            &t,
+                            &counter,
+                            &ApiKey::new(next.to_string()),
+                            meta.row_version,
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == ErrorKind::Conflict => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-processes.db");
+    let parent = Vault::builder(SqliteStore::open(&path).await.unwrap(), ring())
+        .build()
+        .unwrap();
+    parent.create_tenant(&t).await.unwrap();
+    parent
+        .create(&t, &counter, &ApiKey::new("0"))
+        .await
+        .unwrap();
+    let spawn = |id: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "two_processes_on_one_sqlite_file_lose_nothing",
+                "--quiet",
+            ])
+            .env(CHILD, format!("{}|{id}", path.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn("a"), spawn("b")];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    for id in ["a", "b"] {
+        for i in 0..PUTS {
+            let got: ApiKey = parent.get(&t, &name(&format!("p{id}-{i}"))).await.unwrap();
+            assert_eq!(got.expose_secret(), format!("{id}-{i}"));
+        }
+    }
+    let total: ApiKey = parent.get(&t, &counter).await.unwrap();
+    assert_eq!(total.expose_secret(), (2 * INCREMENTS).to_string());
+    let deks = parent.store().list_deks(&t).await.unwrap();
+    assert_eq!(deks.len(), 1, "both processes used the one data key");
+}
