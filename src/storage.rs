@@ -57,14 +57,15 @@ impl Timestamp {
         self.0
     }
 
-    /// As a [`SystemTime`].
+    /// As a [`SystemTime`], or `None` if the platform cannot represent it (a stored value is
+    /// untrusted, so this never panics).
     #[must_use]
-    pub fn to_system_time(self) -> SystemTime {
+    pub fn to_system_time(self) -> Option<SystemTime> {
         let magnitude = Duration::from_millis(self.0.unsigned_abs());
         if self.0 >= 0 {
-            UNIX_EPOCH + magnitude
+            UNIX_EPOCH.checked_add(magnitude)
         } else {
-            UNIX_EPOCH - magnitude
+            UNIX_EPOCH.checked_sub(magnitude)
         }
     }
 }

@@ -246,3 +246,28 @@ async fn racing_tenant_creation_across_instances_ends_with_one_dek_v1() {
         );
     }
 }
+
+#[test]
+fn vault_is_cheap_to_clone_and_shareable_across_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    fn error_is_std<E: std::error::Error + Send + Sync + 'static>() {}
+    shareable::<Vault>();
+    shareable::<credvault::MasterKeyRing>();
+    error_is_std::<credvault::Error>();
+    assert!(
+        std::mem::size_of::<Vault>() <= std::mem::size_of::<usize>(),
+        "a Vault is one Arc"
+    );
+}
+
+#[test]
+fn stored_timestamps_convert_without_panicking() {
+    use credvault::storage::Timestamp;
+    assert_eq!(
+        Timestamp::from_millis(1_500).to_system_time(),
+        Some(UNIX_EPOCH + Duration::from_millis(1_500))
+    );
+    let _ = Timestamp::from_millis(i64::MIN).to_system_time();
+    let _ = Timestamp::from_millis(i64::MAX).to_system_time();
+    assert!(Timestamp::now() > Timestamp::from_millis(1_700_000_000_000));
+}
