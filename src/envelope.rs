@@ -192,6 +192,9 @@ pub(crate) fn seal_with_nonce<S: Secret>(
     secret: &S,
     nonce: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    if nonce.len() != suite.nonce_len() {
+        return Err(Error::invalid("nonce", "wrong length for the suite"));
+    }
     let plaintext_len = secret.encoded_len();
     let sealed_len = u32::try_from(plaintext_len + TAG_LEN)
         .map_err(|_| Error::invalid("secret", "too long for the envelope format"))?;

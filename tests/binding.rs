@@ -342,3 +342,15 @@ async fn missing_dek_row_is_an_error_and_no_key_is_minted() {
         assert!(store.get_secret(&t, &name("new")).await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn metadata_columns_that_disagree_with_the_envelope_are_rejected() {
+    for (store, vault) in setup().await {
+        let (t, n) = (tenant("acme"), name("github"));
+        let mut row = raw_secret(&store, &t, &n).await;
+        row.metadata.dek_version = DekVersion::new(9).unwrap();
+        overwrite_secret(&store, row).await;
+        let err = vault.get::<ApiKey>(&t, &n).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
+    }
+}

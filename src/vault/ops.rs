@@ -2,7 +2,7 @@
 
 use super::{TenantCreation, Vault};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
-use crate::error::Error;
+use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use crate::secret::Secret;
 use crate::storage::{DekState, PutMode, SecretMetadata, SecretRecord, Timestamp};
@@ -191,6 +191,16 @@ impl Vault {
             return Err(Error::Decryption);
         }
         let secret = envelope::open::<S>(&dek.cipher, &parsed, SecretContext { tenant, name })?;
+        // The metadata columns are not authenticated; the envelope's header is. A row whose
+        // columns disagree with its (authentic) envelope was edited outside credvault, and its
+        // metadata must not be returned as if it were true.
+        if record.metadata.kind != parsed.kind() || record.metadata.dek_version != version {
+            return Err(FormatError::InvalidField(
+                Structure::Record,
+                "metadata disagrees with envelope",
+            )
+            .into());
+        }
         tracing::debug!(tenant = %tenant, name = %name, dek_version = version.get(), "secret read");
         Ok((secret, record.metadata))
     }
