@@ -116,9 +116,6 @@ fn warm_vault(
 fn roundtrip(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("roundtrip");
-    group.warm_up_time(Duration::from_millis(700));
-    group.measurement_time(Duration::from_secs(2));
-    group.sample_size(60);
 
     for size in SIZES {
         group.throughput(Throughput::Bytes(size as u64));
@@ -196,9 +193,6 @@ fn dek_cache(c: &mut Criterion) {
     const SIZE: usize = 256;
     let rt = runtime();
     let mut group = c.benchmark_group("dek_cache");
-    group.warm_up_time(Duration::from_millis(700));
-    group.measurement_time(Duration::from_secs(2));
-    group.sample_size(60);
     group.throughput(Throughput::Bytes(SIZE as u64));
 
     let (vault, tenant, name, _) = warm_vault(&rt, Suite::Aes256Gcm, SIZE);
@@ -236,13 +230,12 @@ fn async_driver(c: &mut Criterion) {
     let mut group = c.benchmark_group("async_driver");
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(1));
-    group.sample_size(40);
 
     group.bench_function("noop/to_async", |b| {
-        b.to_async(&rt).iter(|| async { black_box(1u8) })
+        b.to_async(&rt).iter(|| async { black_box(1u8) });
     });
     group.bench_function("noop/block_on_per_call", |b| {
-        b.iter(|| rt.block_on(async { black_box(1u8) }))
+        b.iter(|| rt.block_on(async { black_box(1u8) }));
     });
 
     let (vault, tenant, name, secret) = warm_vault(&rt, Suite::Aes256Gcm, SIZE);
@@ -255,7 +248,7 @@ fn async_driver(c: &mut Criterion) {
         black_box(back)
     };
     group.bench_function(BenchmarkId::new("vault_put_get/to_async", SIZE), |b| {
-        b.to_async(&rt).iter(put_get)
+        b.to_async(&rt).iter(put_get);
     });
     group.bench_function(
         BenchmarkId::new("vault_put_get/block_on_per_call", SIZE),
@@ -266,5 +259,20 @@ fn async_driver(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, roundtrip, dek_cache, async_driver);
+/// Sized to keep a whole `cargo bench --bench vault` run under three minutes on two cores.
+/// Plots are off: the plotters backend spends about 3.5 s drawing each benchmark here, more
+/// than measuring it; the numbers are in `target/criterion/**/new/estimates.json`.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = roundtrip, dek_cache, async_driver
+}
 criterion_main!(benches);

@@ -255,7 +255,7 @@ fn vault_is_cheap_to_clone_and_shareable_across_threads() {
     shareable::<credvault::MasterKeyRing>();
     error_is_std::<credvault::Error>();
     assert!(
-        std::mem::size_of::<Vault>() <= std::mem::size_of::<usize>(),
+        size_of::<Vault>() <= size_of::<usize>(),
         "a Vault is one Arc"
     );
 }
