@@ -13,6 +13,8 @@
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+mod faulty;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod rows;
@@ -24,6 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+#[cfg(any(test, feature = "conformance"))]
+pub use faulty::{CrashPoint, FaultyStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -290,4 +294,79 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<TenantId>, Error>;
+
+    /// Deletes a data-key record; with `expected`, only if its row version matches.
+    /// Returns whether a record was deleted. Used to remove a deleted tenant's tombstones.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if `expected` does not match an existing record;
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn delete_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error>;
+
+    /// Up to `limit` whole secret records of `tenant` (envelopes included) named after
+    /// `after`, in ascending name order, whose data-key version is **not** `version`: the
+    /// work list of a re-encryption sweep.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn list_secrets_not_under(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error>;
+
+    /// Several conditional secret writes in one round trip (one transaction, where the
+    /// backend has them). Each write succeeds or fails on its own condition, reported in
+    /// the inner results in order; the outer error means the batch as a whole failed, after
+    /// which any subset of it may have been applied (every write is conditional, so
+    /// re-running it is safe).
+    ///
+    /// The default implementation writes one record at a time.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`] for the batch.
+    async fn put_secrets(
+        &self,
+        batch: Vec<(SecretRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (record, mode) in batch {
+            out.push(keep_conditional(self.put_secret(record, mode).await)?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::put_secrets`] for data-key records.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`] for the batch.
+    async fn put_deks(
+        &self,
+        batch: Vec<(DekRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (record, mode) in batch {
+            out.push(keep_conditional(self.put_dek(record, mode).await)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Splits a write's result into a per-row outcome (a lost condition) and a batch failure
+/// (anything else).
+pub(crate) fn keep_conditional(
+    result: Result<RowVersion, Error>,
+) -> Result<Result<RowVersion, Error>, Error> {
+    match result {
+        Ok(v) => Ok(Ok(v)),
+        Err(e @ (Error::Conflict { .. } | Error::AlreadyExists { .. })) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
 }

@@ -312,6 +312,25 @@ impl Store for LostKeys {
     ) -> Result<Vec<TenantId>, Error> {
         self.inner.list_tenants(after, limit).await
     }
+    async fn delete_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error> {
+        self.inner.delete_dek(tenant, version, expected).await
+    }
+    async fn list_secrets_not_under(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        self.inner
+            .list_secrets_not_under(tenant, version, after, limit)
+            .await
+    }
 }
 
 #[tokio::test]

@@ -589,6 +589,163 @@ pub async fn racing_dek_creation_has_exactly_one_winner(store: Arc<dyn Store>) {
     assert_eq!(store.list_deks(&t).await.unwrap().len(), 1);
 }
 
+pub async fn delete_dek_honours_the_expected_version(store: Arc<dyn Store>) {
+    let t = unique_tenant("dek-delete");
+    let v1 = DekVersion::FIRST;
+    assert!(!store.delete_dek(&t, v1, None).await.unwrap());
+    store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_dek(dek_record(&t, 2, 1), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(store.delete_dek(&t, v1, Some(RowVersion(5))).await),
+        ErrorKind::Conflict
+    );
+    assert!(
+        store.get_dek(&t, v1).await.unwrap().is_some(),
+        "a refused delete deletes nothing"
+    );
+    assert!(
+        store
+            .delete_dek(&t, v1, Some(RowVersion::INITIAL))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_dek(&t, v1).await.unwrap().is_none());
+    assert_eq!(
+        store.list_deks(&t).await.unwrap().len(),
+        1,
+        "other versions are untouched"
+    );
+    assert!(
+        store
+            .delete_dek(&t, DekVersion::new(2).unwrap(), None)
+            .await
+            .unwrap()
+    );
+    let tenants = store.list_tenants(None, usize::MAX).await.unwrap();
+    assert!(
+        !tenants.contains(&t),
+        "a tenant without data-key records is not listed"
+    );
+}
+
+pub async fn listing_secrets_not_under_a_version_returns_whole_records(store: Arc<dyn Store>) {
+    let t = unique_tenant("not-under");
+    for i in 0..30u8 {
+        let mut r = secret_record(&t, &name(&format!("s{i:02}")), vec![i; 3]);
+        r.metadata.dek_version = DekVersion::new(u32::from(i % 3) + 1).unwrap();
+        store.put_secret(r, PutMode::Create).await.unwrap();
+    }
+    let v2 = DekVersion::new(2).unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<SecretName> = None;
+    loop {
+        let page = store
+            .list_secrets_not_under(&t, v2, after.as_ref(), 4)
+            .await
+            .unwrap();
+        for r in &page {
+            assert_ne!(r.metadata.dek_version, v2);
+            let i: u8 = r.metadata.name.as_str()[1..].parse().unwrap();
+            assert_eq!(r.envelope, vec![i; 3], "envelopes come with the records");
+        }
+        seen.extend(page.iter().map(|r| r.metadata.name.clone()));
+        if page.len() < 4 {
+            break;
+        }
+        after = page.last().map(|r| r.metadata.name.clone());
+    }
+    let expected: Vec<_> = (0..30u8)
+        .filter(|i| i % 3 != 1)
+        .map(|i| name(&format!("s{i:02}")))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store>) {
+    let t = unique_tenant("batch");
+    store
+        .put_secret(secret_record(&t, &name("a"), vec![1]), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_secret(secret_record(&t, &name("b"), vec![1]), PutMode::Create)
+        .await
+        .unwrap();
+    let results = store
+        .put_secrets(vec![
+            (
+                secret_record(&t, &name("a"), vec![2]),
+                PutMode::Update(RowVersion::INITIAL),
+            ),
+            (
+                secret_record(&t, &name("b"), vec![2]),
+                PutMode::Update(RowVersion(9)),
+            ),
+            (secret_record(&t, &name("c"), vec![2]), PutMode::Create),
+            (secret_record(&t, &name("a"), vec![3]), PutMode::Create),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap(), &RowVersion(2));
+    assert_eq!(results[1].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(results[2].as_ref().unwrap(), &RowVersion::INITIAL);
+    assert_eq!(
+        results[3].as_ref().unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        store
+            .get_secret(&t, &name("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .envelope,
+        [2]
+    );
+    assert_eq!(
+        store
+            .get_secret(&t, &name("b"))
+            .await
+            .unwrap()
+            .unwrap()
+            .envelope,
+        [1]
+    );
+    store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    let results = store
+        .put_deks(vec![
+            (dek_record(&t, 1, 2), PutMode::Update(RowVersion::INITIAL)),
+            (dek_record(&t, 1, 3), PutMode::Update(RowVersion::INITIAL)),
+            (dek_record(&t, 2, 4), PutMode::Create),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(results[1].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    assert!(results[2].is_ok());
+    assert_eq!(
+        store
+            .get_dek(&t, DekVersion::FIRST)
+            .await
+            .unwrap()
+            .unwrap()
+            .wrapped
+            .as_bytes(),
+        &[2; 78][..]
+    );
+    assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
+}
+
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
@@ -611,6 +768,9 @@ macro_rules! store_conformance_tests {
             tenants_are_listed_once_in_order,
             concurrent_conditional_writers_lose_no_update,
             racing_dek_creation_has_exactly_one_winner,
+            delete_dek_honours_the_expected_version,
+            listing_secrets_not_under_a_version_returns_whole_records,
+            batched_writes_apply_each_condition_separately,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

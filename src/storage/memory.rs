@@ -202,4 +202,47 @@ impl Store for MemoryStore {
             .map(|(t, _)| t.clone())
             .collect())
     }
+
+    async fn delete_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error> {
+        let mut inner = self.write();
+        let Some(versions) = inner.deks.get_mut(tenant) else {
+            return Ok(false);
+        };
+        let Some(existing) = versions.get(&version) else {
+            return Ok(false);
+        };
+        if expected.is_some_and(|v| v != existing.row_version) {
+            return Err(Error::Conflict { what: "data key" });
+        }
+        versions.remove(&version);
+        if versions.is_empty() {
+            inner.deks.remove(tenant);
+        }
+        Ok(true)
+    }
+
+    async fn list_secrets_not_under(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        after: Option<&SecretName>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        let inner = self.read();
+        let Some(names) = inner.secrets.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(names
+            .range::<SecretName, _>((lower, Bound::Unbounded))
+            .filter(|(_, r)| r.metadata.dek_version != version)
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
 }

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 
 use super::rows::{DekRow, MetaRow, secret_record, to_sql_u64};
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 
@@ -321,6 +321,170 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// One conditional data-key write on `conn`.
+async fn write_dek(
+    conn: &mut SqliteConnection,
+    record: &DekRecord,
+    mode: PutMode,
+) -> Result<RowVersion, Error> {
+    let row = DekRow::from_record(record)?;
+    let what = "data key";
+    let bind_all = |q: Query<'static>, row: DekRow| {
+        q.bind(row.tenant)
+            .bind(row.version)
+            .bind(row.state)
+            .bind(row.suite)
+            .bind(row.master_key_id)
+            .bind(row.wrapped)
+            .bind(row.encryptions_reserved)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+    };
+    match mode {
+        PutMode::Create => {
+            let q = sqlx::query(
+                "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, version) DO NOTHING",
+            );
+            let done = bind_all(q, row)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if done.rows_affected() == 1 {
+                Ok(RowVersion::INITIAL)
+            } else {
+                Err(Error::AlreadyExists { what })
+            }
+        }
+        PutMode::Update(expected) => {
+            let next = expected.next().ok_or(Error::Conflict { what })?;
+            let done = sqlx::query(
+                "UPDATE credvault_deks SET state = ?, suite = ?, master_key_id = ?, wrapped = ?, encryptions_reserved = ?,
+                 updated_at = ?, row_version = row_version + 1
+                 WHERE tenant = ? AND version = ? AND row_version = ?",
+            )
+            .bind(row.state)
+            .bind(row.suite)
+            .bind(row.master_key_id)
+            .bind(row.wrapped)
+            .bind(row.encryptions_reserved)
+            .bind(row.updated_at)
+            .bind(row.tenant)
+            .bind(row.version)
+            .bind(to_sql_u64(expected.0, "row version")?)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() == 1 {
+                Ok(next)
+            } else {
+                Err(Error::Conflict { what })
+            }
+        }
+        PutMode::Upsert => {
+            let q = sqlx::query(
+                "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                 ON CONFLICT (tenant, version) DO UPDATE SET state = excluded.state, suite = excluded.suite,
+                   master_key_id = excluded.master_key_id, wrapped = excluded.wrapped,
+                   encryptions_reserved = excluded.encryptions_reserved, updated_at = excluded.updated_at,
+                   row_version = credvault_deks.row_version + 1
+                 RETURNING row_version",
+            );
+            let v: i64 = bind_all(q, row)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?
+                .try_get(0)
+                .map_err(map_err)?;
+            u64::try_from(v)
+                .map(RowVersion)
+                .map_err(|_| Error::Conflict { what })
+        }
+    }
+}
+
+/// One conditional secret write on `conn`.
+async fn write_secret(
+    conn: &mut SqliteConnection,
+    record: SecretRecord,
+    mode: PutMode,
+) -> Result<RowVersion, Error> {
+    let row = MetaRow::from_metadata(&record.metadata)?;
+    let envelope = record.envelope;
+    let what = "secret";
+    match mode {
+        PutMode::Create => {
+            let done = sqlx::query(
+                "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, name) DO NOTHING",
+            )
+            .bind(row.tenant)
+            .bind(row.name)
+            .bind(row.kind)
+            .bind(row.dek_version)
+            .bind(envelope)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() == 1 {
+                Ok(RowVersion::INITIAL)
+            } else {
+                Err(Error::AlreadyExists { what })
+            }
+        }
+        PutMode::Update(expected) => {
+            let next = expected.next().ok_or(Error::Conflict { what })?;
+            let done = sqlx::query(
+                "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = row_version + 1
+                 WHERE tenant = ? AND name = ? AND row_version = ?",
+            )
+            .bind(row.kind)
+            .bind(row.dek_version)
+            .bind(envelope)
+            .bind(row.updated_at)
+            .bind(row.tenant)
+            .bind(row.name)
+            .bind(to_sql_u64(expected.0, "row version")?)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() == 1 {
+                Ok(next)
+            } else {
+                Err(Error::Conflict { what })
+            }
+        }
+        PutMode::Upsert => {
+            let v: i64 = sqlx::query(
+                "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                 ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
+                   envelope = excluded.envelope, updated_at = excluded.updated_at,
+                   row_version = credvault_secrets.row_version + 1
+                 RETURNING row_version",
+            )
+            .bind(row.tenant)
+            .bind(row.name)
+            .bind(row.kind)
+            .bind(row.dek_version)
+            .bind(envelope)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .try_get(0)
+            .map_err(map_err)?;
+            u64::try_from(v)
+                .map(RowVersion)
+                .map_err(|_| Error::Conflict { what })
+        }
+    }
+}
+
 type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 
 #[async_trait]
@@ -363,81 +527,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        let row = DekRow::from_record(&record)?;
-        let what = "data key";
-        let bind_all = |q: Query<'static>, row: DekRow| {
-            q.bind(row.tenant)
-                .bind(row.version)
-                .bind(row.state)
-                .bind(row.suite)
-                .bind(row.master_key_id)
-                .bind(row.wrapped)
-                .bind(row.encryptions_reserved)
-                .bind(row.created_at)
-                .bind(row.updated_at)
-        };
-        match mode {
-            PutMode::Create => {
-                let q = sqlx::query(
-                    "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, version) DO NOTHING",
-                );
-                let done = bind_all(q, row)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(map_err)?;
-                if done.rows_affected() == 1 {
-                    Ok(RowVersion::INITIAL)
-                } else {
-                    Err(Error::AlreadyExists { what })
-                }
-            }
-            PutMode::Update(expected) => {
-                let next = expected.next().ok_or(Error::Conflict { what })?;
-                let done = sqlx::query(
-                    "UPDATE credvault_deks SET state = ?, suite = ?, master_key_id = ?, wrapped = ?, encryptions_reserved = ?,
-                     updated_at = ?, row_version = row_version + 1
-                     WHERE tenant = ? AND version = ? AND row_version = ?",
-                )
-                .bind(row.state)
-                .bind(row.suite)
-                .bind(row.master_key_id)
-                .bind(row.wrapped)
-                .bind(row.encryptions_reserved)
-                .bind(row.updated_at)
-                .bind(row.tenant)
-                .bind(row.version)
-                .bind(to_sql_u64(expected.0, "row version")?)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                if done.rows_affected() == 1 {
-                    Ok(next)
-                } else {
-                    Err(Error::Conflict { what })
-                }
-            }
-            PutMode::Upsert => {
-                let q = sqlx::query(
-                    "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
-                     ON CONFLICT (tenant, version) DO UPDATE SET state = excluded.state, suite = excluded.suite,
-                       master_key_id = excluded.master_key_id, wrapped = excluded.wrapped,
-                       encryptions_reserved = excluded.encryptions_reserved, updated_at = excluded.updated_at,
-                       row_version = credvault_deks.row_version + 1
-                     RETURNING row_version",
-                );
-                let v: i64 = bind_all(q, row)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(map_err)?
-                    .try_get(0)
-                    .map_err(map_err)?;
-                u64::try_from(v)
-                    .map(RowVersion)
-                    .map_err(|_| Error::Conflict { what })
-            }
-        }
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        write_dek(&mut conn, &record, mode).await
     }
 
     async fn get_secret(
@@ -466,79 +557,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        let row = MetaRow::from_metadata(&record.metadata)?;
-        let envelope = record.envelope;
-        let what = "secret";
-        match mode {
-            PutMode::Create => {
-                let done = sqlx::query(
-                    "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, name) DO NOTHING",
-                )
-                .bind(row.tenant)
-                .bind(row.name)
-                .bind(row.kind)
-                .bind(row.dek_version)
-                .bind(envelope)
-                .bind(row.created_at)
-                .bind(row.updated_at)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                if done.rows_affected() == 1 {
-                    Ok(RowVersion::INITIAL)
-                } else {
-                    Err(Error::AlreadyExists { what })
-                }
-            }
-            PutMode::Update(expected) => {
-                let next = expected.next().ok_or(Error::Conflict { what })?;
-                let done = sqlx::query(
-                    "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = row_version + 1
-                     WHERE tenant = ? AND name = ? AND row_version = ?",
-                )
-                .bind(row.kind)
-                .bind(row.dek_version)
-                .bind(envelope)
-                .bind(row.updated_at)
-                .bind(row.tenant)
-                .bind(row.name)
-                .bind(to_sql_u64(expected.0, "row version")?)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                if done.rows_affected() == 1 {
-                    Ok(next)
-                } else {
-                    Err(Error::Conflict { what })
-                }
-            }
-            PutMode::Upsert => {
-                let v: i64 = sqlx::query(
-                    "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, 1)
-                     ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
-                       envelope = excluded.envelope, updated_at = excluded.updated_at,
-                       row_version = credvault_secrets.row_version + 1
-                     RETURNING row_version",
-                )
-                .bind(row.tenant)
-                .bind(row.name)
-                .bind(row.kind)
-                .bind(row.dek_version)
-                .bind(envelope)
-                .bind(row.created_at)
-                .bind(row.updated_at)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(map_err)?
-                .try_get(0)
-                .map_err(map_err)?;
-                u64::try_from(v)
-                    .map(RowVersion)
-                    .map_err(|_| Error::Conflict { what })
-            }
-        }
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        write_secret(&mut conn, record, mode).await
     }
 
     async fn delete_secret(
@@ -617,5 +637,99 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn delete_dek(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        expected: Option<RowVersion>,
+    ) -> Result<bool, Error> {
+        let done = match expected {
+            None => sqlx::query("DELETE FROM credvault_deks WHERE tenant = ? AND version = ?")
+                .bind(tenant.as_str())
+                .bind(i64::from(version.get()))
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?,
+            Some(v) => sqlx::query(
+                "DELETE FROM credvault_deks WHERE tenant = ? AND version = ? AND row_version = ?",
+            )
+            .bind(tenant.as_str())
+            .bind(i64::from(version.get()))
+            .bind(to_sql_u64(v.0, "row version")?)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?,
+        };
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        if expected.is_some() && self.get_dek(tenant, version).await?.is_some() {
+            return Err(Error::Conflict { what: "data key" });
+        }
+        Ok(false)
+    }
+
+    async fn list_secrets_not_under(
+        &self,
+        tenant: &TenantId,
+        version: DekVersion,
+        after: Option<&SecretName>,
+        n: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        let sql = concat!(
+            "SELECT ",
+            meta_columns!(),
+            ", envelope FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name LIMIT ?"
+        );
+        let rows = sqlx::query(sql)
+            .bind(tenant.as_str())
+            .bind(after.map_or("", SecretName::as_str))
+            .bind(i64::from(version.get()))
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let envelope: Vec<u8> = row.try_get(7).map_err(map_err)?;
+                secret_record(meta_row(row)?, envelope)
+            })
+            .collect()
+    }
+
+    async fn put_secrets(
+        &self,
+        batch: Vec<(SecretRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (record, mode) in batch {
+            out.push(keep_conditional(write_secret(&mut tx, record, mode).await)?);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(out)
+    }
+
+    async fn put_deks(
+        &self,
+        batch: Vec<(DekRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (record, mode) in batch {
+            out.push(keep_conditional(write_dek(&mut tx, &record, mode).await)?);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(out)
     }
 }
