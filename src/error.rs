@@ -86,6 +86,18 @@ pub enum Error {
         /// The destroyed data-key version.
         version: DekVersion,
     },
+    /// The data-key version is below the tenant's minimum decryption version.
+    #[error("data key version {version} of the tenant is retired (below the minimum decryption version)")]
+    KeyRetired {
+        /// The retired data-key version.
+        version: DekVersion,
+    },
+    /// The operation was refused because the key is still in use.
+    #[error("refused: {what}")]
+    InUse {
+        /// What is still in use, in words that name no secret.
+        what: &'static str,
+    },
     /// A wrapped data key names a master key that the key ring does not hold.
     #[error("master key `{id}` is not in the key ring")]
     UnknownMasterKey {
@@ -155,6 +167,10 @@ pub enum ErrorKind {
     KeyMissing,
     /// See [`Error::KeyDestroyed`].
     KeyDestroyed,
+    /// See [`Error::KeyRetired`].
+    KeyRetired,
+    /// See [`Error::InUse`].
+    InUse,
     /// See [`Error::UnknownMasterKey`].
     UnknownMasterKey,
     /// See [`Error::Unavailable`].
@@ -184,6 +200,8 @@ impl Error {
             Self::Format(f) => f.kind(),
             Self::KeyMissing { .. } => ErrorKind::KeyMissing,
             Self::KeyDestroyed { .. } => ErrorKind::KeyDestroyed,
+            Self::KeyRetired { .. } => ErrorKind::KeyRetired,
+            Self::InUse { .. } => ErrorKind::InUse,
             Self::UnknownMasterKey { .. } => ErrorKind::UnknownMasterKey,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Storage { .. } => ErrorKind::Storage,

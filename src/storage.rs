@@ -93,6 +93,12 @@ pub enum DekState {
     DecryptOnly,
     /// Crypto-shredded: the wrapped key bytes are erased; nothing it sealed can be opened.
     Destroyed,
+    /// Suspected compromised: decrypts (so that re-encryption can move its secrets to a new
+    /// key) but never encrypts; destroyed once nothing references it.
+    Compromised,
+    /// Below the tenant's minimum decryption version: its key material is kept until it is
+    /// destroyed, but reads under it fail with [`Error::KeyRetired`].
+    Retired,
 }
 
 impl DekState {
@@ -103,6 +109,8 @@ impl DekState {
             Self::Active => 1,
             Self::DecryptOnly => 2,
             Self::Destroyed => 3,
+            Self::Compromised => 4,
+            Self::Retired => 5,
         }
     }
 
@@ -113,6 +121,8 @@ impl DekState {
             1 => Some(Self::Active),
             2 => Some(Self::DecryptOnly),
             3 => Some(Self::Destroyed),
+            4 => Some(Self::Compromised),
+            5 => Some(Self::Retired),
             _ => None,
         }
     }
@@ -294,6 +304,17 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<TenantId>, Error>;
+
+    /// Up to `limit` data-key records of all tenants, ordered by (tenant, version), strictly
+    /// after `after`: the work list of a master-key rewrap sweep.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn scan_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<DekRecord>, Error>;
 
     /// Deletes a data-key record; with `expected`, only if its row version matches.
     /// Returns whether a record was deleted. Used to remove a deleted tenant's tombstones.

@@ -6,7 +6,7 @@ mod active;
 mod builder;
 mod ops;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 pub use builder::{
     DEFAULT_MAX_ENCRYPTIONS_AES, DEFAULT_MAX_ENCRYPTIONS_XCHACHA, DEFAULT_MAX_SECRET_SIZE,
@@ -33,7 +33,7 @@ pub struct Vault {
 
 struct Inner {
     store: Arc<dyn Store>,
-    keys: MasterKeyRing,
+    keys: RwLock<Arc<MasterKeyRing>>,
     config: Config,
     deks: DekCache,
     active: ActiveKeys,
@@ -75,8 +75,23 @@ impl Vault {
 
     /// The master keys this vault uses.
     #[must_use]
-    pub fn master_keys(&self) -> &MasterKeyRing {
-        &self.inner.keys
+    pub fn master_keys(&self) -> Arc<MasterKeyRing> {
+        self.inner.ring()
+    }
+
+    /// Replaces the master keys, for example to add a new active master key before
+    /// [`Self::rewrap_all`]. Keys already unwrapped stay cached until their TTL; a key
+    /// that wraps data keys must stay in the ring until [`Self::master_key_usage`] shows it
+    /// wraps none (see [`Self::retire_master_key`]).
+    pub fn set_master_keys(&self, keys: MasterKeyRing) {
+        *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+}
+
+impl Inner {
+    /// The current master key ring.
+    pub(crate) fn ring(&self) -> Arc<MasterKeyRing> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -84,7 +99,7 @@ impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
             .field("store", &self.inner.store.backend_name())
-            .field("keys", &self.inner.keys)
+            .field("keys", &self.inner.ring())
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }

@@ -312,6 +312,13 @@ impl Store for LostKeys {
     ) -> Result<Vec<TenantId>, Error> {
         self.inner.list_tenants(after, limit).await
     }
+    async fn scan_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        self.inner.scan_deks(after, limit).await
+    }
     async fn delete_dek(
         &self,
         tenant: &TenantId,

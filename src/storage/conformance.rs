@@ -746,6 +746,29 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
     assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
 }
 
+pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store>) {
+    let mine: BTreeSet<TenantId> = (0..7).map(|i| unique_tenant(&format!("scan{i}"))).collect();
+    for t in &mine {
+        for v in 1..=3 {
+            store.put_dek(dek_record(t, v, 1), PutMode::Create).await.unwrap();
+        }
+    }
+    let mut seen: Vec<(TenantId, u32)> = Vec::new();
+    let mut after: Option<(TenantId, DekVersion)> = None;
+    loop {
+        let page = store.scan_deks(after.as_ref().map(|(t, v)| (t, *v)), 4).await.unwrap();
+        seen.extend(page.iter().map(|r| (r.tenant.clone(), r.version.get())));
+        if page.len() < 4 {
+            break;
+        }
+        after = page.last().map(|r| (r.tenant.clone(), r.version));
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly ascending by (tenant, version)");
+    let ours: Vec<_> = seen.into_iter().filter(|(t, _)| mine.contains(t)).collect();
+    let expected: Vec<_> = mine.iter().flat_map(|t| (1..=3).map(move |v| (t.clone(), v))).collect();
+    assert_eq!(ours, expected);
+}
+
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
@@ -771,6 +794,7 @@ macro_rules! store_conformance_tests {
             delete_dek_honours_the_expected_version,
             listing_secrets_not_under_a_version_returns_whole_records,
             batched_writes_apply_each_condition_separately,
+            scanning_deks_visits_each_record_once_in_order,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -166,6 +166,15 @@ impl Store for FaultyStore {
         self.inner.list_tenants(after, limit).await
     }
 
+    async fn scan_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        self.check_alive()?;
+        self.inner.scan_deks(after, limit).await
+    }
+
     async fn delete_dek(
         &self,
         tenant: &TenantId,

@@ -203,6 +203,28 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn scan_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let inner = self.read();
+        let mut out = Vec::new();
+        let lower = after.map_or(Bound::Unbounded, |(t, _)| Bound::Included(t));
+        for (tenant, versions) in inner.deks.range::<TenantId, _>((lower, Bound::Unbounded)) {
+            for (version, record) in versions {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if after.is_some_and(|(t, v)| tenant == t && *version <= v) {
+                    continue;
+                }
+                out.push(record.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete_dek(
         &self,
         tenant: &TenantId,

@@ -115,8 +115,10 @@ impl Inner {
                 .await?
                 .ok_or(Error::KeyMissing { version })?,
         };
-        if record.state == DekState::Destroyed {
-            return Err(Error::KeyDestroyed { version });
+        match record.state {
+            DekState::Destroyed => return Err(Error::KeyDestroyed { version }),
+            DekState::Retired => return Err(Error::KeyRetired { version }),
+            DekState::Active | DekState::DecryptOnly | DekState::Compromised => {}
         }
         // A store that returns another row than the one asked for is caught here as well
         // as by the binding below.
@@ -124,7 +126,7 @@ impl Inner {
             return Err(Error::Decryption);
         }
         let master_key_id = record.wrapped.master_key_id().clone();
-        let provider = self.keys.get(&master_key_id)?;
+        let provider = Arc::clone(self.ring().get(&master_key_id)?);
         let context = WrapContext {
             tenant,
             dek_version: version,
@@ -147,7 +149,7 @@ impl Inner {
         version: DekVersion,
     ) -> Result<DekRecord, Error> {
         let dek = DataKey::generate()?;
-        let provider = self.keys.active();
+        let provider = Arc::clone(self.ring().active());
         let suite = self.config.suite;
         let context = WrapContext {
             tenant,

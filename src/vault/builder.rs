@@ -143,7 +143,7 @@ impl VaultBuilder {
         Vault {
             inner: Arc::new(Inner {
                 store: self.store,
-                keys: self.keys,
+                keys: std::sync::RwLock::new(Arc::new(self.keys)),
                 config: self.config,
                 deks,
                 active,
