@@ -192,28 +192,69 @@ pub(crate) fn seal_with_nonce<S: Secret>(
     secret: &S,
     nonce: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    if nonce.len() != suite.nonce_len() {
+    let header = header(suite, S::KIND, dek_version);
+    seal_encoded(
+        cipher,
+        suite,
+        &header,
+        ctx,
+        nonce,
+        secret.encoded_len(),
+        |out| {
+            secret.encode(out);
+        },
+    )
+}
+
+/// Seals an already encoded plaintext of `kind` (for re-encryption, which moves a secret
+/// to a new data key without decoding it).
+pub(crate) fn seal_plaintext(
+    cipher: &SecretCipher,
+    suite: Suite,
+    kind: SecretKind,
+    dek_version: DekVersion,
+    ctx: SecretContext<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut nonce = [0u8; 24];
+    let nonce = nonce.get_mut(..suite.nonce_len()).unwrap_or_default();
+    random_nonce(nonce);
+    let header = header(suite, kind, dek_version);
+    seal_encoded(cipher, suite, &header, ctx, nonce, plaintext.len(), |out| {
+        out.extend_from_slice(plaintext);
+    })
+}
+
+/// The sealing core: `encode` appends exactly `plaintext_len` bytes.
+fn seal_encoded(
+    cipher: &SecretCipher,
+    suite: Suite,
+    header: &[u8; HEADER_LEN],
+    ctx: SecretContext<'_>,
+    nonce: &[u8],
+    plaintext_len: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>, Error> {
+    if suite.nonce_len() != nonce.len() {
         return Err(Error::invalid("nonce", "wrong length for the suite"));
     }
-    let plaintext_len = secret.encoded_len();
     let sealed_len = u32::try_from(plaintext_len + TAG_LEN)
         .map_err(|_| Error::invalid("secret", "too long for the envelope format"))?;
-    let header = header(suite, S::KIND, dek_version);
     let total = HEADER_LEN + nonce.len() + 4 + plaintext_len + TAG_LEN;
     // Sized once: the plaintext is encoded straight into the output buffer and encrypted
     // in place, so it never exists in a second allocation.
     let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&header);
+    out.extend_from_slice(header);
     out.extend_from_slice(nonce);
     out.extend_from_slice(&sealed_len.to_be_bytes());
     let start = out.len();
-    secret.encode(&mut out);
+    encode(&mut out);
     debug_assert_eq!(
         out.len(),
         start + plaintext_len,
         "encoded_len must be exact"
     );
-    let aad = SecretAad::new(&header, ctx.tenant.as_str(), ctx.name.as_str());
+    let aad = SecretAad::new(header, ctx.tenant.as_str(), ctx.name.as_str());
     let in_out = out.get_mut(start..).unwrap_or_default();
     match cipher.seal_in_place(nonce, aad.as_bytes(), in_out) {
         Ok(tag) => {
@@ -238,9 +279,19 @@ pub(crate) fn open<S: Secret>(
     envelope: &EnvelopeRef<'_>,
     ctx: SecretContext<'_>,
 ) -> Result<S, Error> {
+    let plaintext = open_plaintext(cipher, envelope, ctx)?;
+    Ok(S::decode(&plaintext)?)
+}
+
+/// Opens `envelope` to its plaintext encoding, in a buffer zeroized on drop.
+pub(crate) fn open_plaintext(
+    cipher: &SecretCipher,
+    envelope: &EnvelopeRef<'_>,
+    ctx: SecretContext<'_>,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
     let header = envelope.header();
     let aad = SecretAad::new(&header, ctx.tenant.as_str(), ctx.name.as_str());
     let mut scratch = Zeroizing::new(envelope.ciphertext.to_vec());
     cipher.open_in_place(envelope.nonce, aad.as_bytes(), &mut scratch, envelope.tag)?;
-    Ok(S::decode(&scratch)?)
+    Ok(scratch)
 }

@@ -87,7 +87,9 @@ pub enum Error {
         version: DekVersion,
     },
     /// The data-key version is below the tenant's minimum decryption version.
-    #[error("data key version {version} of the tenant is retired (below the minimum decryption version)")]
+    #[error(
+        "data key version {version} of the tenant is retired (below the minimum decryption version)"
+    )]
     KeyRetired {
         /// The retired data-key version.
         version: DekVersion,

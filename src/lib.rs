@@ -59,7 +59,10 @@ pub use secret::{ApiKey, OAuthToken, Secret, SecretBytes, SecretKind};
 #[cfg(feature = "sqlite")]
 pub use storage::SqliteStore;
 pub use storage::{MemoryStore, SecretMetadata};
-pub use vault::{TenantCreation, Vault, VaultBuilder};
+pub use vault::{
+    DekStatus, DeletionReceipt, JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport,
+    TenantCreation, Vault, VaultBuilder,
+};
 
 /// Vault limits and defaults.
 pub mod limits {

@@ -4,7 +4,10 @@
 
 mod active;
 mod builder;
+mod jobs;
+mod lifecycle;
 mod ops;
+mod rotation;
 
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -12,6 +15,8 @@ pub use builder::{
     DEFAULT_MAX_ENCRYPTIONS_AES, DEFAULT_MAX_ENCRYPTIONS_XCHACHA, DEFAULT_MAX_SECRET_SIZE,
     MAX_SECRET_SIZE_LIMIT, VaultBuilder,
 };
+pub use jobs::{DeletionReceipt, JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport};
+pub use lifecycle::DekStatus;
 
 use crate::keys::{DekCache, MasterKeyRing};
 use crate::storage::Store;
@@ -84,7 +89,11 @@ impl Vault {
     /// that wraps data keys must stay in the ring until [`Self::master_key_usage`] shows it
     /// wraps none (see [`Self::retire_master_key`]).
     pub fn set_master_keys(&self, keys: MasterKeyRing) {
-        *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        *self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
     }
 }
 

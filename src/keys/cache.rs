@@ -135,14 +135,12 @@ impl DekCache {
     }
 
     /// Drops every entry of `tenant` (after its keys were destroyed or rewrapped).
-    #[allow(dead_code, reason = "used by tenant deletion and rotation")]
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         let mut inner = self.lock();
         inner.map.retain(|(t, _), _| t != tenant);
     }
 
     /// Drops one entry.
-    #[allow(dead_code, reason = "used by key destruction")]
     pub(crate) fn remove(&self, tenant: &TenantId, version: DekVersion) {
         self.lock().map.remove(&(tenant.clone(), version));
     }

@@ -750,22 +750,34 @@ pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store
     let mine: BTreeSet<TenantId> = (0..7).map(|i| unique_tenant(&format!("scan{i}"))).collect();
     for t in &mine {
         for v in 1..=3 {
-            store.put_dek(dek_record(t, v, 1), PutMode::Create).await.unwrap();
+            store
+                .put_dek(dek_record(t, v, 1), PutMode::Create)
+                .await
+                .unwrap();
         }
     }
     let mut seen: Vec<(TenantId, u32)> = Vec::new();
     let mut after: Option<(TenantId, DekVersion)> = None;
     loop {
-        let page = store.scan_deks(after.as_ref().map(|(t, v)| (t, *v)), 4).await.unwrap();
+        let page = store
+            .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), 4)
+            .await
+            .unwrap();
         seen.extend(page.iter().map(|r| (r.tenant.clone(), r.version.get())));
         if page.len() < 4 {
             break;
         }
         after = page.last().map(|r| (r.tenant.clone(), r.version));
     }
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly ascending by (tenant, version)");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "strictly ascending by (tenant, version)"
+    );
     let ours: Vec<_> = seen.into_iter().filter(|(t, _)| mine.contains(t)).collect();
-    let expected: Vec<_> = mine.iter().flat_map(|t| (1..=3).map(move |v| (t.clone(), v))).collect();
+    let expected: Vec<_> = mine
+        .iter()
+        .flat_map(|t| (1..=3).map(move |v| (t.clone(), v)))
+        .collect();
     assert_eq!(ours, expected);
 }
 

@@ -93,7 +93,6 @@ impl ActiveKeys {
     }
 
     /// Forgets every entry of `tenant`.
-    #[allow(dead_code, reason = "used by tenant deletion")]
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         self.lock().remove(tenant);
     }
@@ -246,7 +245,14 @@ impl Inner {
             }
             let max = limit(record.suite);
             let used = record.encryptions_reserved;
-            if used >= max {
+            let too_old = self.config.max_key_age.is_some_and(|age| {
+                let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                Timestamp::now()
+                    .as_millis()
+                    .saturating_sub(record.created_at.as_millis())
+                    >= age
+            });
+            if used >= max || too_old {
                 self.roll(tenant, record).await?;
                 return Ok(false);
             }

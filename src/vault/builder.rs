@@ -28,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) active_key_ttl: Duration,
     pub(crate) max_encryptions: Option<u64>,
     pub(crate) reservation_block: u64,
+    pub(crate) max_key_age: Option<Duration>,
+    pub(crate) reencrypt_on_read: bool,
 }
 
 impl Config {
@@ -64,6 +66,8 @@ impl VaultBuilder {
                 active_key_ttl: Duration::from_secs(30),
                 max_encryptions: None,
                 reservation_block: 1024,
+                max_key_age: None,
+                reencrypt_on_read: false,
             },
         }
     }
@@ -110,6 +114,23 @@ impl VaultBuilder {
     /// fewer writes; a process that exits forfeits the unused part of its block.
     pub fn with_reservation_block(mut self, count: u64) -> Self {
         self.config.reservation_block = count;
+        self
+    }
+
+    /// Automatic rotation by age: a data key older than `age` is rolled to a new version
+    /// when its current block of reserved encryptions runs out (so within
+    /// `reservation_block` writes, or at the next write after a restart). Default: none;
+    /// the usage limit ([`Self::with_max_encryptions_per_key`]) always applies.
+    pub fn with_max_key_age(mut self, age: Duration) -> Self {
+        self.config.max_key_age = Some(age);
+        self
+    }
+
+    /// Re-encrypt lazily on read: a secret read under an older data-key version than the
+    /// tenant's active one is re-sealed under the active version (a conditional write that
+    /// yields to concurrent writers). Default off.
+    pub fn with_reencrypt_on_read(mut self, enabled: bool) -> Self {
+        self.config.reencrypt_on_read = enabled;
         self
     }
 

@@ -202,7 +202,58 @@ impl Vault {
             .into());
         }
         tracing::debug!(tenant = %tenant, name = %name, dek_version = version.get(), "secret read");
-        Ok((secret, record.metadata))
+        let mut metadata = record.metadata;
+        if inner.config.reencrypt_on_read {
+            self.reencrypt_on_read(&secret, &mut metadata).await?;
+        }
+        Ok((secret, metadata))
+    }
+
+    /// Re-seals `secret` under the tenant's active version if it is under an older one.
+    async fn reencrypt_on_read<S: Secret>(
+        &self,
+        secret: &S,
+        metadata: &mut SecretMetadata,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let (tenant, name) = (&metadata.tenant, &metadata.name);
+        let active = match inner.active_dek(tenant).await {
+            Ok(active) => active,
+            Err(Error::TenantNotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if active.version == metadata.dek_version {
+            return Ok(());
+        }
+        let active = inner.reserve_encryption(tenant).await?;
+        let ctx = SecretContext { tenant, name };
+        let sealed = envelope::seal(
+            &active.dek.cipher,
+            active.dek.suite,
+            active.version,
+            ctx,
+            secret,
+        )?;
+        let mut record = SecretRecord {
+            metadata: metadata.clone(),
+            envelope: sealed,
+        };
+        record.metadata.dek_version = active.version;
+        match inner
+            .store
+            .put_secret(record, PutMode::Update(metadata.row_version))
+            .await
+        {
+            Ok(row_version) => {
+                metadata.row_version = row_version;
+                metadata.dek_version = active.version;
+                tracing::debug!(tenant = %tenant, name = %name, dek_version = active.version.get(), "re-encrypted on read");
+                Ok(())
+            }
+            // A concurrent writer got there first; its value stands.
+            Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The metadata of one secret, without decrypting it.

@@ -1,0 +1,103 @@
+//! Options, progress and reports of the long-running key jobs.
+
+use crate::error::ErrorKind;
+use crate::ids::{DekVersion, SecretName, TenantId};
+use crate::storage::Timestamp;
+
+/// Settings shared by the key jobs ([`crate::Vault::rewrap_all`],
+/// [`crate::Vault::reencrypt_all`], ...).
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub(crate) batch_size: usize,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self { batch_size: 500 }
+    }
+}
+
+impl JobOptions {
+    /// Records read and written per round trip (default 500, at least 1). Memory use is
+    /// proportional to it, never to the number of records swept.
+    #[must_use]
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+}
+
+/// How far a running job has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Items processed so far (changed, found current, or failed).
+    pub done: u64,
+    /// Items the job expected to process when it started (concurrent writers can make the
+    /// final `done` differ).
+    pub total: u64,
+    /// Items that failed so far.
+    pub errors: u64,
+}
+
+/// One item a job could not process. Names no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobFailure {
+    /// The tenant involved.
+    pub tenant: TenantId,
+    /// The secret, for re-encryption failures.
+    pub name: Option<SecretName>,
+    /// The data-key version involved.
+    pub dek_version: Option<DekVersion>,
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+/// What [`crate::Vault::rewrap_all`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RewrapReport {
+    /// Live data keys examined.
+    pub examined: u64,
+    /// Data keys rewrapped under the active master key by this job.
+    pub rewrapped: u64,
+    /// Data keys that were already under the active master key.
+    pub already_current: u64,
+    /// Conditional writes that lost to a concurrent writer and were retried.
+    pub retries: u64,
+    /// Data keys that could not be rewrapped (they are still readable under their old
+    /// master key; the job can be run again).
+    pub failures: Vec<JobFailure>,
+}
+
+/// What [`crate::Vault::reencrypt_tenant`] and [`crate::Vault::reencrypt_all`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReencryptReport {
+    /// Secrets found under an older data-key version.
+    pub examined: u64,
+    /// Secrets re-encrypted under the active version by this job.
+    pub reencrypted: u64,
+    /// Secrets skipped because a concurrent write changed them first (that write already
+    /// used a current key; the job never overwrites it).
+    pub skipped_concurrent_write: u64,
+    /// Secrets that could not be re-encrypted (for example a row that fails to open).
+    pub failures: Vec<JobFailure>,
+}
+
+/// Proof of a tenant deletion ([`crate::Vault::delete_tenant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeletionReceipt {
+    /// The deleted tenant.
+    pub tenant: TenantId,
+    /// Data-key versions that are destroyed (by this call or an interrupted earlier one).
+    pub dek_versions_destroyed: Vec<DekVersion>,
+    /// Secret rows this call removed.
+    pub secrets_deleted: u64,
+    /// Data-key records (destroyed tombstones) this call removed.
+    pub dek_records_removed: u64,
+    /// When the deletion completed.
+    pub completed_at: Timestamp,
+}

@@ -1,0 +1,550 @@
+//! Key rotation: master-key rewrap and tenant-key rotation with re-encryption.
+//!
+//! Every job here is a sequence of conditional writes, each of which leaves every
+//! committed secret readable:
+//! - a rewrap replaces one wrapped data key by the same key wrapped under the active
+//!   master key (the old master key stays in the ring until nothing needs it);
+//! - a tenant rotation creates the new data-key version before demoting the old one;
+//! - a re-encryption replaces one secret row by the same plaintext sealed under the active
+//!   version, only if the row is unchanged since it was read, and never destroys a key.
+//!
+//! So a job interrupted at any point is finished by running it again, and two copies of a
+//! job (or a job and ordinary writers) can run at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::jobs::{JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport};
+use super::{Inner, Vault};
+use crate::envelope::{self, EnvelopeRef, SecretContext};
+use crate::error::{Error, FormatError, Structure};
+use crate::ids::{DekVersion, MasterKeyId, SecretName, TenantId};
+use crate::keys::{MasterKeyRing, WrapContext};
+use crate::storage::{DekRecord, DekState, PutMode, SecretRecord, Timestamp};
+
+/// Conditional-write retries before a single item is reported as failed.
+const MAX_CAS_ATTEMPTS: usize = 32;
+/// Passes of a re-encryption sweep: later passes pick up rows that writers with a stale
+/// view of the active key wrote under an old version while the sweep ran.
+const MAX_PASSES: usize = 3;
+
+impl Vault {
+    /// How many live (not destroyed) data keys each master key wraps. A master key whose
+    /// count is zero can be retired ([`Self::retire_master_key`]).
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn master_key_usage(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
+        let mut usage = BTreeMap::new();
+        let page_size = JobOptions::default().batch_size;
+        let mut after: Option<(TenantId, DekVersion)> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), page_size)
+                .await?;
+            for record in page.iter().filter(|r| r.state != DekState::Destroyed) {
+                *usage
+                    .entry(record.wrapped.master_key_id().clone())
+                    .or_insert(0) += 1;
+            }
+            if page.len() < page_size {
+                return Ok(usage);
+            }
+            after = page.last().map(|r| (r.tenant.clone(), r.version));
+        }
+    }
+
+    /// Removes a master key from this vault's ring, after checking that no live data key
+    /// is still wrapped under it.
+    ///
+    /// # Errors
+    /// [`Error::InUse`] if it is the active key or still wraps a data key;
+    /// [`Error::UnknownMasterKey`] if the ring does not hold it; a storage error.
+    pub async fn retire_master_key(&self, id: &MasterKeyId) -> Result<(), Error> {
+        let ring = self.inner.ring();
+        if ring.active().id() == id {
+            return Err(Error::InUse {
+                what: "the active master key cannot be retired",
+            });
+        }
+        ring.get(id)?;
+        if self.master_key_usage().await?.get(id).copied().unwrap_or(0) > 0 {
+            return Err(Error::InUse {
+                what: "the master key still wraps data keys; run rewrap_all first",
+            });
+        }
+        let mut retired = MasterKeyRing::from_arc(Arc::clone(ring.active()));
+        for other in ring
+            .ids()
+            .filter(|other| *other != id && *other != ring.active().id())
+        {
+            retired = retired.with_decrypt_only_arc(Arc::clone(ring.get(other)?))?;
+        }
+        self.set_master_keys(retired);
+        tracing::info!(master_key_id = %id, "master key retired from the ring");
+        Ok(())
+    }
+
+    /// Rewraps every live data key of every tenant under the active master key. No secret
+    /// is re-encrypted and no plaintext data key leaves the crate. Safe while other
+    /// instances read and write, and while another rewrap runs; resumable and idempotent.
+    ///
+    /// `progress` is called after each batch.
+    ///
+    /// # Errors
+    /// A storage error that stops the sweep (run it again to resume). Keys that cannot be
+    /// unwrapped are reported in [`RewrapReport::failures`] instead.
+    pub async fn rewrap_all<P>(
+        &self,
+        options: &JobOptions,
+        mut progress: P,
+    ) -> Result<RewrapReport, Error>
+    where
+        P: FnMut(Progress) + Send,
+    {
+        let ring = self.inner.ring();
+        let active_id = ring.active().id().clone();
+        let total = self
+            .master_key_usage()
+            .await?
+            .iter()
+            .filter(|(id, _)| **id != active_id)
+            .map(|(_, n)| n)
+            .sum();
+        let mut report = RewrapReport::default();
+        let mut after: Option<(TenantId, DekVersion)> = None;
+        loop {
+            let page = self
+                .inner
+                .store
+                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), options.batch_size)
+                .await?;
+            let full = page.len() == options.batch_size;
+            after = page.last().map(|r| (r.tenant.clone(), r.version));
+            let mut writes = Vec::new();
+            for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
+                report.examined += 1;
+                if record.wrapped.master_key_id() == &active_id {
+                    report.already_current += 1;
+                    continue;
+                }
+                let expected = record.row_version;
+                let (tenant, version) = (record.tenant.clone(), record.version);
+                match self.inner.rewrapped(&ring, record).await {
+                    Ok(new) => writes.push((new, PutMode::Update(expected))),
+                    Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
+                }
+            }
+            let keys: Vec<_> = writes
+                .iter()
+                .map(|(r, _)| (r.tenant.clone(), r.version))
+                .collect();
+            let results = self.inner.store.put_deks(writes).await?;
+            for ((tenant, version), result) in keys.into_iter().zip(results) {
+                match result {
+                    Ok(_) => report.rewrapped += 1,
+                    // Someone changed the record (a block reservation, another rewrap): redo it.
+                    Err(_) => {
+                        self.inner
+                            .rewrap_one(&ring, &tenant, version, &mut report)
+                            .await?;
+                    }
+                }
+            }
+            progress(Progress {
+                done: report.rewrapped + report.failures.len() as u64,
+                total,
+                errors: report.failures.len() as u64,
+            });
+            if !full {
+                break;
+            }
+        }
+        tracing::info!(
+            rewrapped = report.rewrapped,
+            failures = report.failures.len(),
+            "rewrap finished"
+        );
+        Ok(report)
+    }
+
+    /// [`Self::rewrap_all`] for one tenant.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn rewrap_tenant(&self, tenant: &TenantId) -> Result<RewrapReport, Error> {
+        let ring = self.inner.ring();
+        let mut report = RewrapReport::default();
+        for record in self.inner.store.list_deks(tenant).await? {
+            if record.state == DekState::Destroyed {
+                continue;
+            }
+            report.examined += 1;
+            if record.wrapped.master_key_id() == ring.active().id() {
+                report.already_current += 1;
+            } else {
+                self.inner
+                    .rewrap_one(&ring, tenant, record.version, &mut report)
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes a new data-key version the tenant's active key; older versions become
+    /// decrypt-only. Returns the new active version. Secrets stay under their old versions
+    /// until [`Self::reencrypt_tenant`] moves them.
+    ///
+    /// The new version is written before the old one is demoted, so a crash in between
+    /// leaves two active versions, of which the higher is used.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`]; a key-provider or storage error.
+    pub async fn rotate_tenant_key(&self, tenant: &TenantId) -> Result<DekVersion, Error> {
+        let deks = self.inner.store.list_deks(tenant).await?;
+        if !deks.iter().any(|r| r.state == DekState::Active) {
+            return Err(Error::TenantNotFound);
+        }
+        let newest = deks
+            .iter()
+            .map(|r| r.version)
+            .max()
+            .unwrap_or(DekVersion::FIRST);
+        let next = newest
+            .next()
+            .ok_or(Error::Config("data key versions exhausted"))?;
+        let record = self.inner.mint_dek(tenant, next).await?;
+        match self.inner.store.put_dek(record, PutMode::Create).await {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.inner.demote_older_actives(tenant).await?;
+        self.inner.active.remove_tenant(tenant);
+        tracing::info!(tenant = %tenant, dek_version = next.get(), "tenant key rotated");
+        Ok(next)
+    }
+
+    /// Re-encrypts every secret of `tenant` that is not under its active data-key version,
+    /// in batches of conditional writes: a concurrent write to a secret wins and is not
+    /// overwritten. Resumable and idempotent; safe to run concurrently with writers.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`]; a storage error that stops the sweep. Secrets that cannot
+    /// be re-encrypted are reported in [`ReencryptReport::failures`].
+    pub async fn reencrypt_tenant(
+        &self,
+        tenant: &TenantId,
+        options: &JobOptions,
+    ) -> Result<ReencryptReport, Error> {
+        let mut report = ReencryptReport::default();
+        let mut failed = BTreeSet::new();
+        self.inner.active.remove_tenant(tenant);
+        self.inner
+            .reencrypt_tenant_into(tenant, options, &mut report, &mut failed, &mut |_| {})
+            .await?;
+        Ok(report)
+    }
+
+    /// [`Self::reencrypt_tenant`] for every tenant, with progress after each batch.
+    ///
+    /// # Errors
+    /// As [`Self::reencrypt_tenant`].
+    pub async fn reencrypt_all<P>(
+        &self,
+        options: &JobOptions,
+        mut progress: P,
+    ) -> Result<ReencryptReport, Error>
+    where
+        P: FnMut(Progress) + Send,
+    {
+        let tenants = self.all_tenants().await?;
+        let mut total = 0;
+        for tenant in &tenants {
+            self.inner.active.remove_tenant(tenant);
+            total += self.inner.count_not_under_active(tenant, options).await?;
+        }
+        let mut report = ReencryptReport::default();
+        for tenant in &tenants {
+            let mut failed = BTreeSet::new();
+            let mut tick = |r: &ReencryptReport| {
+                progress(Progress {
+                    done: r.reencrypted + r.skipped_concurrent_write + r.failures.len() as u64,
+                    total,
+                    errors: r.failures.len() as u64,
+                });
+            };
+            match self
+                .inner
+                .reencrypt_tenant_into(tenant, options, &mut report, &mut failed, &mut tick)
+                .await
+            {
+                // Deleted while the sweep ran: nothing left to move.
+                Ok(()) | Err(Error::TenantNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    pub(crate) async fn all_tenants(&self) -> Result<Vec<TenantId>, Error> {
+        let page_size = JobOptions::default().batch_size;
+        let mut tenants = Vec::new();
+        loop {
+            let page = self
+                .inner
+                .store
+                .list_tenants(tenants.last(), page_size)
+                .await?;
+            let done = page.len() < page_size;
+            tenants.extend(page);
+            if done {
+                return Ok(tenants);
+            }
+        }
+    }
+}
+
+pub(crate) fn dek_failure(tenant: &TenantId, version: DekVersion, e: &Error) -> JobFailure {
+    JobFailure {
+        tenant: tenant.clone(),
+        name: None,
+        dek_version: Some(version),
+        kind: e.kind(),
+    }
+}
+
+impl Inner {
+    /// `record` with its key rewrapped under the active master key of `ring`.
+    async fn rewrapped(
+        &self,
+        ring: &MasterKeyRing,
+        mut record: DekRecord,
+    ) -> Result<DekRecord, Error> {
+        let old_id = record.wrapped.master_key_id().clone();
+        let old = ring.get(&old_id)?;
+        let active = ring.active();
+        let tenant = record.tenant.clone();
+        let context = |id| WrapContext {
+            tenant: &tenant,
+            dek_version: record.version,
+            suite: record.suite,
+            master_key_id: id,
+        };
+        let dek = old.unwrap(&record.wrapped, &context(&old_id)).await?;
+        record.wrapped = active.wrap(&dek, &context(active.id())).await?;
+        record.updated_at = Timestamp::now();
+        Ok(record)
+    }
+
+    /// Rewraps one data key, re-reading it after each lost conditional write.
+    async fn rewrap_one(
+        &self,
+        ring: &MasterKeyRing,
+        tenant: &TenantId,
+        version: DekVersion,
+        report: &mut RewrapReport,
+    ) -> Result<(), Error> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(record) = self.store.get_dek(tenant, version).await? else {
+                return Ok(());
+            };
+            if record.state == DekState::Destroyed
+                || record.wrapped.master_key_id() == ring.active().id()
+            {
+                report.already_current += 1;
+                return Ok(());
+            }
+            let expected = record.row_version;
+            let new = match self.rewrapped(ring, record).await {
+                Ok(new) => new,
+                Err(e) => {
+                    report.failures.push(dek_failure(tenant, version, &e));
+                    return Ok(());
+                }
+            };
+            match self.store.put_dek(new, PutMode::Update(expected)).await {
+                Ok(_) => {
+                    report.rewrapped += 1;
+                    return Ok(());
+                }
+                Err(Error::Conflict { .. }) => report.retries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        report.failures.push(dek_failure(
+            tenant,
+            version,
+            &Error::Conflict { what: "data key" },
+        ));
+        Ok(())
+    }
+
+    /// Demotes every active version below the newest active one to decrypt-only.
+    pub(crate) async fn demote_older_actives(&self, tenant: &TenantId) -> Result<(), Error> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let deks = self.store.list_deks(tenant).await?;
+            let Some(newest) = deks
+                .iter()
+                .filter(|r| r.state == DekState::Active)
+                .map(|r| r.version)
+                .max()
+            else {
+                return Ok(());
+            };
+            let mut conflicted = false;
+            for record in deks
+                .into_iter()
+                .filter(|r| r.state == DekState::Active && r.version < newest)
+            {
+                let expected = record.row_version;
+                let mut demoted = record;
+                demoted.state = DekState::DecryptOnly;
+                demoted.updated_at = Timestamp::now();
+                match self.store.put_dek(demoted, PutMode::Update(expected)).await {
+                    Ok(_) => {}
+                    Err(Error::Conflict { .. }) => conflicted = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !conflicted {
+                return Ok(());
+            }
+        }
+        Err(Error::Conflict { what: "data key" })
+    }
+
+    async fn count_not_under_active(
+        &self,
+        tenant: &TenantId,
+        options: &JobOptions,
+    ) -> Result<u64, Error> {
+        let target = match self.active_dek(tenant).await {
+            Ok(active) => active.version,
+            Err(Error::TenantNotFound) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut count = 0;
+        let mut after: Option<SecretName> = None;
+        loop {
+            let page = self
+                .store
+                .list_secrets(tenant, after.as_ref(), options.batch_size)
+                .await?;
+            count += page.iter().filter(|m| m.dek_version != target).count() as u64;
+            if page.len() < options.batch_size {
+                return Ok(count);
+            }
+            after = page.last().map(|m| m.name.clone());
+        }
+    }
+
+    /// The re-encryption sweep of one tenant, accumulating into `report`.
+    async fn reencrypt_tenant_into(
+        &self,
+        tenant: &TenantId,
+        options: &JobOptions,
+        report: &mut ReencryptReport,
+        failed: &mut BTreeSet<SecretName>,
+        tick: &mut (dyn FnMut(&ReencryptReport) + Send),
+    ) -> Result<(), Error> {
+        for _ in 0..MAX_PASSES {
+            let target = self.active_dek(tenant).await?.version;
+            let mut moved = 0;
+            let mut after: Option<SecretName> = None;
+            loop {
+                let page = self
+                    .store
+                    .list_secrets_not_under(tenant, target, after.as_ref(), options.batch_size)
+                    .await?;
+                let full = page.len() == options.batch_size;
+                after = page.last().map(|r| r.metadata.name.clone());
+                let mut writes = Vec::with_capacity(page.len());
+                for record in page {
+                    if failed.contains(&record.metadata.name) {
+                        continue;
+                    }
+                    report.examined += 1;
+                    let expected = record.metadata.row_version;
+                    match self.resealed(tenant, record).await {
+                        Ok(new) => writes.push((new, PutMode::Update(expected))),
+                        Err((name, e)) => {
+                            report.failures.push(JobFailure {
+                                tenant: tenant.clone(),
+                                name: Some(name.clone()),
+                                dek_version: None,
+                                kind: e.kind(),
+                            });
+                            failed.insert(name);
+                        }
+                    }
+                }
+                for result in self.store.put_secrets(writes).await? {
+                    match result {
+                        Ok(_) => {
+                            report.reencrypted += 1;
+                            moved += 1;
+                        }
+                        Err(_) => report.skipped_concurrent_write += 1,
+                    }
+                }
+                tick(report);
+                if !full {
+                    break;
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `record` re-sealed under the tenant's active data key. On failure, the secret's name
+    /// and the error.
+    async fn resealed(
+        &self,
+        tenant: &TenantId,
+        mut record: SecretRecord,
+    ) -> Result<SecretRecord, (SecretName, Error)> {
+        let name = record.metadata.name.clone();
+        let fail = |e: Error| (name.clone(), e);
+        let parsed = EnvelopeRef::parse(&record.envelope).map_err(|e| fail(e.into()))?;
+        let version = parsed.dek_version();
+        if record.metadata.kind != parsed.kind() || record.metadata.dek_version != version {
+            return Err(fail(
+                FormatError::InvalidField(Structure::Record, "metadata disagrees with envelope")
+                    .into(),
+            ));
+        }
+        let old = self
+            .deks
+            .get_or_load(tenant, version, || {
+                self.unwrap_record(tenant, version, None)
+            })
+            .await
+            .map_err(fail)?;
+        if old.suite != parsed.suite() {
+            return Err(fail(Error::Decryption));
+        }
+        let ctx = SecretContext {
+            tenant,
+            name: &name,
+        };
+        let plaintext = envelope::open_plaintext(&old.cipher, &parsed, ctx).map_err(fail)?;
+        let active = self.reserve_encryption(tenant).await.map_err(fail)?;
+        let sealed = envelope::seal_plaintext(
+            &active.dek.cipher,
+            active.dek.suite,
+            parsed.kind(),
+            active.version,
+            ctx,
+            &plaintext,
+        )
+        .map_err(fail)?;
+        record.metadata.dek_version = active.version;
+        record.envelope = sealed;
+        Ok(record)
+    }
+}
