@@ -449,6 +449,8 @@ impl Inner {
         failed: &mut BTreeSet<SecretName>,
         tick: &mut (dyn FnMut(&ReencryptReport) + Send),
     ) -> Result<(), Error> {
+        // Finish an interrupted rotation first: only the newest version may stay active.
+        self.demote_older_actives(tenant).await?;
         for _ in 0..MAX_PASSES {
             let target = self.active_dek(tenant).await?.version;
             let mut moved = 0;
