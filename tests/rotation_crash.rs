@@ -209,8 +209,8 @@ async fn tenant_rotation_and_reencryption_survive_a_crash_at_every_write() {
         },
         |store, expected| {
             Box::pin(async move {
-                let status = vault_over(store).key_status(&tenant("acme")).await.unwrap();
-                let states: Vec<_> = status
+                let keys = vault_over(store).key_status(&tenant("acme")).await.unwrap();
+                let states: Vec<_> = keys
                     .iter()
                     .map(|s| (s.version.get(), s.state, s.secrets))
                     .collect();
