@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,14 +62,14 @@ async fn rotation_concurrent_with_writers_loses_nothing() {
         for task in 0..3 {
             let (vault, t) = (vault.clone(), t.clone());
             tasks.push(tokio::spawn(async move {
-                let mut written = BTreeMap::new();
+                let mut written = BTreeSet::new();
                 for i in 0..40 {
                     let n = format!("w{w}-t{task}-{i}");
                     vault
                         .put(&t, &name(&n), &ApiKey::new(format!("v-{n}")))
                         .await
                         .unwrap();
-                    written.insert(n, ());
+                    written.insert(n);
                     loop {
                         let (cur, meta) = vault
                             .get_with_metadata::<ApiKey>(&t, &name("counter"))
