@@ -17,8 +17,6 @@
 //! its length as a big-endian u32. The normative description, with a worked example, is
 //! `docs/format.md`.
 
-use zeroize::Zeroizing;
-
 use crate::codec::Reader;
 use crate::crypto::{SecretAad, SecretCipher, Suite, TAG_LEN, random_nonce};
 use crate::error::{Error, FormatError, Structure};
@@ -269,29 +267,42 @@ fn seal_encoded(
     }
 }
 
-/// Opens `envelope` as a secret of type `S` stored at `ctx`.
+/// Opens the envelope `bytes` as a secret of type `S` stored at `ctx`, decrypting in place:
+/// `bytes` is the caller's own copy of the stored row, and its plaintext region is zeroized
+/// before this returns, whatever the outcome.
 ///
 /// The caller has already checked that the envelope's kind is `S::KIND` and chosen
 /// `cipher` by the envelope's DEK version; both are authenticated through the header in the
 /// associated data, and the tenant and name come from the caller, not from the row.
-pub(crate) fn open<S: Secret>(
+pub(crate) fn open_in_place<S: Secret>(
     cipher: &SecretCipher,
-    envelope: &EnvelopeRef<'_>,
+    bytes: &mut [u8],
     ctx: SecretContext<'_>,
 ) -> Result<S, Error> {
-    let plaintext = open_plaintext(cipher, envelope, ctx)?;
-    Ok(S::decode(&plaintext)?)
+    with_plaintext(cipher, bytes, ctx, |plaintext| Ok(S::decode(plaintext)?))
 }
 
-/// Opens `envelope` to its plaintext encoding, in a buffer zeroized on drop.
-pub(crate) fn open_plaintext(
+/// Decrypts the envelope `bytes` in place and lends the plaintext encoding to `use_it`;
+/// the plaintext is zeroized afterwards (as a slice: one memset, not a byte loop).
+pub(crate) fn with_plaintext<T>(
     cipher: &SecretCipher,
-    envelope: &EnvelopeRef<'_>,
+    bytes: &mut [u8],
     ctx: SecretContext<'_>,
-) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let header = envelope.header();
+    use_it: impl FnOnce(&[u8]) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let parsed = EnvelopeRef::parse(bytes)?;
+    let header = parsed.header();
+    let nonce_len = parsed.nonce.len();
+    let mut nonce = [0u8; 24];
+    let nonce = nonce.get_mut(..nonce_len).unwrap_or_default();
+    nonce.copy_from_slice(parsed.nonce);
+    let tag = *parsed.tag;
+    let start = HEADER_LEN + nonce_len + 4;
+    let end = start + parsed.ciphertext.len();
     let aad = SecretAad::new(&header, ctx.tenant.as_str(), ctx.name.as_str());
-    let mut scratch = Zeroizing::new(envelope.ciphertext.to_vec());
-    cipher.open_in_place(envelope.nonce, aad.as_bytes(), &mut scratch, envelope.tag)?;
-    Ok(scratch)
+    let region = bytes.get_mut(start..end).ok_or(Error::Decryption)?;
+    cipher.open_in_place(nonce, aad.as_bytes(), region, &tag)?;
+    let result = use_it(region);
+    zeroize::Zeroize::zeroize(region);
+    result
 }

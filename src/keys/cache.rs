@@ -31,9 +31,10 @@ pub(crate) struct CachedDek {
     pub(crate) suite: Suite,
 }
 
-type Key = (TenantId, DekVersion);
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Slot {
+    version: DekVersion,
     cell: Arc<OnceCell<Arc<CachedDek>>>,
     expires: Instant,
     generation: u64,
@@ -41,9 +42,35 @@ struct Slot {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Key, Slot>,
-    order: VecDeque<(Key, u64)>,
+    /// Per tenant, its few cached versions. Looked up by `&str`, so a hit clones nothing.
+    map: FastMap<TenantId, Vec<Slot>>,
+    /// Insertion order, for evicting the oldest entry first; stale items are skipped.
+    order: VecDeque<(TenantId, DekVersion, u64)>,
+    len: usize,
     next_generation: u64,
+}
+
+impl Inner {
+    fn remove(&mut self, tenant: &str, version: DekVersion) -> bool {
+        let Some(slots) = self.map.get_mut(tenant) else {
+            return false;
+        };
+        let before = slots.len();
+        slots.retain(|s| s.version != version);
+        let removed = before != slots.len();
+        if slots.is_empty() {
+            self.map.remove(tenant);
+        }
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+}
+
+enum Lookup {
+    Hit(Arc<CachedDek>),
+    Pending(Arc<OnceCell<Arc<CachedDek>>>),
 }
 
 /// See the module documentation.
@@ -79,10 +106,10 @@ impl DekCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CachedDek, Error>>,
     {
-        let cell = self.slot(tenant, version);
-        if let Some(dek) = cell.get() {
-            return Ok(Arc::clone(dek));
-        }
+        let cell = match self.lookup(tenant, version) {
+            Lookup::Hit(dek) => return Ok(dek),
+            Lookup::Pending(cell) => cell,
+        };
         tracing::trace!(dek_version = version.get(), "data key cache miss");
         let dek = cell
             .get_or_try_init(|| async { load().await.map(Arc::new) })
@@ -90,65 +117,77 @@ impl DekCache {
         Ok(Arc::clone(dek))
     }
 
-    fn slot(&self, tenant: &TenantId, version: DekVersion) -> Arc<OnceCell<Arc<CachedDek>>> {
+    fn lookup(&self, tenant: &TenantId, version: DekVersion) -> Lookup {
         let now = Instant::now();
-        let key = (tenant.clone(), version);
         let mut inner = self.lock();
-        if let Some(slot) = inner.map.get(&key) {
+        if let Some(slot) = inner
+            .map
+            .get(tenant.as_str())
+            .and_then(|slots| slots.iter().find(|s| s.version == version))
+        {
             if slot.expires > now {
-                return Arc::clone(&slot.cell);
+                return match slot.cell.get() {
+                    Some(dek) => Lookup::Hit(Arc::clone(dek)),
+                    None => Lookup::Pending(Arc::clone(&slot.cell)),
+                };
             }
         }
         // Miss or expired: a fresh slot replaces the old one.
-        if inner.map.remove(&key).is_none() {
-            while inner.map.len() >= self.capacity {
-                let Some((old, generation)) = inner.order.pop_front() else {
+        if !inner.remove(tenant.as_str(), version) {
+            while inner.len >= self.capacity {
+                let Some((old, old_version, generation)) = inner.order.pop_front() else {
                     break;
                 };
-                if inner
-                    .map
-                    .get(&old)
-                    .is_some_and(|s| s.generation == generation)
-                {
-                    inner.map.remove(&old);
+                let live = inner.map.get(old.as_str()).is_some_and(|slots| {
+                    slots
+                        .iter()
+                        .any(|s| s.version == old_version && s.generation == generation)
+                });
+                if live {
+                    inner.remove(old.as_str(), old_version);
                 }
             }
         }
         let generation = inner.next_generation;
         inner.next_generation += 1;
         let cell = Arc::new(OnceCell::new());
-        inner.order.push_back((key.clone(), generation));
-        inner.map.insert(
-            key,
-            Slot {
-                cell: Arc::clone(&cell),
-                expires: now + self.ttl,
-                generation,
-            },
-        );
+        inner.order.push_back((tenant.clone(), version, generation));
+        inner.map.entry(tenant.clone()).or_default().push(Slot {
+            version,
+            cell: Arc::clone(&cell),
+            expires: now + self.ttl,
+            generation,
+        });
+        inner.len += 1;
         // Keep the order queue from growing without bound when keys are replaced often.
         if inner.order.len() > 2 * self.capacity + 16 {
             let Inner { map, order, .. } = &mut *inner;
-            order.retain(|(k, g)| map.get(k).is_some_and(|s| s.generation == *g));
+            order.retain(|(t, v, g)| {
+                map.get(t.as_str()).is_some_and(|slots| {
+                    slots.iter().any(|s| s.version == *v && s.generation == *g)
+                })
+            });
         }
-        cell
+        Lookup::Pending(cell)
     }
 
     /// Drops every entry of `tenant` (after its keys were destroyed or rewrapped).
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         let mut inner = self.lock();
-        inner.map.retain(|(t, _), _| t != tenant);
+        if let Some(slots) = inner.map.remove(tenant.as_str()) {
+            inner.len -= slots.len();
+        }
     }
 
     /// Drops one entry.
     pub(crate) fn remove(&self, tenant: &TenantId, version: DekVersion) {
-        self.lock().map.remove(&(tenant.clone(), version));
+        self.lock().remove(tenant.as_str(), version);
     }
 
     /// Number of live entries (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len
     }
 }
 

@@ -132,15 +132,28 @@ impl Store for MemoryStore {
         mode: PutMode,
     ) -> Result<RowVersion, Error> {
         let mut inner = self.write();
-        let names = inner
-            .secrets
-            .entry(record.metadata.tenant.clone())
-            .or_default();
-        let existing = names.get(&record.metadata.name);
-        let row_version = check_mode(existing, mode, |r| r.metadata.row_version, "secret")?;
-        if let Some(old) = existing {
-            record.metadata.created_at = old.metadata.created_at;
+        let names = match inner.secrets.get_mut(record.metadata.tenant.as_str()) {
+            Some(names) => names,
+            None => inner
+                .secrets
+                .entry(record.metadata.tenant.clone())
+                .or_default(),
+        };
+        // One lookup, and no key clone when a row is replaced in place.
+        if let Some(existing) = names.get_mut(record.metadata.name.as_str()) {
+            let row_version =
+                check_mode(Some(&*existing), mode, |r| r.metadata.row_version, "secret")?;
+            record.metadata.created_at = existing.metadata.created_at;
+            record.metadata.row_version = row_version;
+            *existing = record;
+            return Ok(row_version);
         }
+        let row_version = check_mode(
+            None,
+            mode,
+            |r: &SecretRecord| r.metadata.row_version,
+            "secret",
+        )?;
         record.metadata.row_version = row_version;
         names.insert(record.metadata.name.clone(), record);
         Ok(row_version)

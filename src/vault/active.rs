@@ -45,25 +45,27 @@ impl ActiveDek {
 
 /// Per-tenant [`ActiveDek`]s, bounded in number and refreshed after a TTL.
 pub(crate) struct ActiveKeys {
-    map: Mutex<HashMap<TenantId, Arc<ActiveDek>>>,
+    map: Mutex<HashMap<TenantId, Arc<ActiveDek>, foldhash::fast::RandomState>>,
     capacity: usize,
 }
 
 impl ActiveKeys {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, Arc<ActiveDek>>> {
+    fn lock(
+        &self,
+    ) -> MutexGuard<'_, HashMap<TenantId, Arc<ActiveDek>, foldhash::fast::RandomState>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn fresh(&self, tenant: &TenantId) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
         let map = self.lock();
-        match map.get(tenant) {
+        match map.get(tenant.as_str()) {
             Some(a) if a.expires > Instant::now() => (Some(Arc::clone(a)), None),
             Some(a) => (None, Some(Arc::clone(a))),
             None => (None, None),

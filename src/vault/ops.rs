@@ -168,33 +168,38 @@ impl Vault {
         name: &SecretName,
     ) -> Result<(S, SecretMetadata), Error> {
         let inner = &self.inner;
-        let record = inner
+        let mut record = inner
             .store
             .get_secret(tenant, name)
             .await?
             .ok_or(Error::NotFound)?;
         let parsed = EnvelopeRef::parse(&record.envelope)?;
-        if parsed.kind() != S::KIND {
+        let (kind, suite, version) = (parsed.kind(), parsed.suite(), parsed.dek_version());
+        if kind != S::KIND {
             return Err(Error::KindMismatch {
-                stored: parsed.kind(),
+                stored: kind,
                 requested: S::KIND,
             });
         }
-        let version = parsed.dek_version();
         let dek = inner
             .deks
             .get_or_load(tenant, version, || {
                 inner.unwrap_record(tenant, version, None)
             })
             .await?;
-        if dek.suite != parsed.suite() {
+        if dek.suite != suite {
             return Err(Error::Decryption);
         }
-        let secret = envelope::open::<S>(&dek.cipher, &parsed, SecretContext { tenant, name })?;
+        // The row is this call's own copy: decrypt it in place.
+        let secret = envelope::open_in_place::<S>(
+            &dek.cipher,
+            &mut record.envelope,
+            SecretContext { tenant, name },
+        )?;
         // The metadata columns are not authenticated; the envelope's header is. A row whose
         // columns disagree with its (authentic) envelope was edited outside credvault, and its
         // metadata must not be returned as if it were true.
-        if record.metadata.kind != parsed.kind() || record.metadata.dek_version != version {
+        if record.metadata.kind != kind || record.metadata.dek_version != version {
             return Err(FormatError::InvalidField(
                 Structure::Record,
                 "metadata disagrees with envelope",

@@ -520,6 +520,7 @@ impl Inner {
                     .into(),
             ));
         }
+        let (kind, suite) = (parsed.kind(), parsed.suite());
         let old = self
             .deks
             .get_or_load(tenant, version, || {
@@ -527,24 +528,28 @@ impl Inner {
             })
             .await
             .map_err(fail)?;
-        if old.suite != parsed.suite() {
+        if old.suite != suite {
             return Err(fail(Error::Decryption));
         }
         let ctx = SecretContext {
             tenant,
             name: &name,
         };
-        let plaintext = envelope::open_plaintext(&old.cipher, &parsed, ctx).map_err(fail)?;
         let active = self.reserve_encryption(tenant).await.map_err(fail)?;
-        let sealed = envelope::seal_plaintext(
-            &active.dek.cipher,
-            active.dek.suite,
-            parsed.kind(),
-            active.version,
-            ctx,
-            &plaintext,
-        )
-        .map_err(fail)?;
+        // Decrypt in the row's own buffer and seal straight from it; the plaintext is
+        // zeroized as soon as it has been sealed again.
+        let sealed =
+            envelope::with_plaintext(&old.cipher, &mut record.envelope, ctx, |plaintext| {
+                envelope::seal_plaintext(
+                    &active.dek.cipher,
+                    active.dek.suite,
+                    kind,
+                    active.version,
+                    ctx,
+                    plaintext,
+                )
+            })
+            .map_err(fail)?;
         record.metadata.dek_version = active.version;
         record.envelope = sealed;
         Ok(record)
