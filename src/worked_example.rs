@@ -610,11 +610,11 @@ async fn every_value_in_the_document_is_checked() -> TestResult {
 }
 
 /// Opens a copy of a parsed envelope (the vault decrypts its own copy of the row in place).
-fn open_copy<S: crate::Secret>(
-    cipher: &crate::crypto::SecretCipher,
+fn open_copy<S: crate::secret::Secret>(
+    cipher: &SecretCipher,
     parsed: &EnvelopeRef<'_>,
-    ctx: envelope::SecretContext<'_>,
-) -> Result<S, crate::Error> {
+    ctx: SecretContext<'_>,
+) -> Result<S, Error> {
     let mut bytes = parsed.to_bytes();
     envelope::open_in_place(cipher, &mut bytes, ctx)
 }
