@@ -248,6 +248,9 @@ async fn tenant_rotation_reencryption_retirement_and_destruction() {
             .await
             .unwrap();
         assert_eq!(again.examined, 0, "idempotent");
+        // Written after the re-encryption: under v2, readable like everything else.
+        vault.put(&t, &name("after"), &ApiKey::new("acme-after")).await.unwrap();
+        expected.insert(("acme".into(), "after".into()), "acme-after".into());
         let token: OAuthToken = vault.get(&t, &name("token")).await.unwrap();
         assert_eq!(token.access_token().expose_secret(), "ya29.before");
         assert_eq!(token.scopes(), ["a"]);
