@@ -21,6 +21,7 @@ mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +35,7 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 
 use crate::crypto::Suite;
 use crate::error::Error;
-use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
+use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use crate::keys::WrappedDek;
 use crate::secret::SecretKind;
 
@@ -342,6 +343,59 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         after: Option<&SecretName>,
         limit: usize,
     ) -> Result<Vec<SecretRecord>, Error>;
+
+    /// How many of `tenant`'s secrets are sealed under each data-key version.
+    ///
+    /// The default implementation pages through [`Store::list_secrets`]; SQL backends
+    /// answer with one grouped query.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn count_secrets_by_version(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<DekVersion, u64>, Error> {
+        const PAGE: usize = 1000;
+        let mut counts = BTreeMap::new();
+        let mut after: Option<SecretName> = None;
+        loop {
+            let page = self.list_secrets(tenant, after.as_ref(), PAGE).await?;
+            for m in &page {
+                *counts.entry(m.dek_version).or_insert(0) += 1;
+            }
+            if page.len() < PAGE {
+                return Ok(counts);
+            }
+            after = page.last().map(|m| m.name.clone());
+        }
+    }
+
+    /// How many live (not destroyed) data keys each master key wraps, over all tenants.
+    ///
+    /// The default implementation pages through [`Store::scan_deks`]; SQL backends answer
+    /// with one grouped query.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn count_deks_by_master_key(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
+        const PAGE: usize = 1000;
+        let mut usage = BTreeMap::new();
+        let mut after: Option<(TenantId, DekVersion)> = None;
+        loop {
+            let page = self
+                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), PAGE)
+                .await?;
+            for record in page.iter().filter(|r| r.state != DekState::Destroyed) {
+                *usage
+                    .entry(record.wrapped.master_key_id().clone())
+                    .or_insert(0) += 1;
+            }
+            if page.len() < PAGE {
+                return Ok(usage);
+            }
+            after = page.last().map(|r| (r.tenant.clone(), r.version));
+        }
+    }
 
     /// Several conditional secret writes in one round trip (one transaction, where the
     /// backend has them). Each write succeeds or fails on its own condition, reported in

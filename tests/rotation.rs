@@ -249,7 +249,10 @@ async fn tenant_rotation_reencryption_retirement_and_destruction() {
             .unwrap();
         assert_eq!(again.examined, 0, "idempotent");
         // Written after the re-encryption: under v2, readable like everything else.
-        vault.put(&t, &name("after"), &ApiKey::new("acme-after")).await.unwrap();
+        vault
+            .put(&t, &name("after"), &ApiKey::new("acme-after"))
+            .await
+            .unwrap();
         expected.insert(("acme".into(), "after".into()), "acme-after".into());
         let token: OAuthToken = vault.get(&t, &name("token")).await.unwrap();
         assert_eq!(token.access_token().expose_secret(), "ya29.before");
@@ -535,5 +538,40 @@ async fn delete_tenant_shreds_keys_then_rows_and_backups_stay_unreadable() {
             .filter(|((t, _), _)| t == "globex")
             .collect();
         assert_all_readable(&vault_over(&store), &others).await;
+    }
+}
+
+#[tokio::test]
+async fn reencrypt_all_batches_across_tenants_and_reports_progress() {
+    for (_, store) in stores().await {
+        let vault = vault_over(&store);
+        let expected = seed(&vault, &["a", "b", "c", "d", "e"], 7).await;
+        for t in ["a", "c", "e"] {
+            vault.rotate_tenant_key(&tenant(t)).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let report = vault
+            .reencrypt_all(&JobOptions::default().with_batch_size(4), |p| seen.push(p))
+            .await
+            .unwrap();
+        assert_eq!((report.examined, report.reencrypted), (21, 21));
+        assert!(report.failures.is_empty());
+        let last = seen.last().unwrap();
+        assert_eq!((last.done, last.total, last.errors), (21, 21, 0));
+        assert!(seen.len() >= 5, "progress after every batch of 4");
+        for t in ["a", "c", "e"] {
+            let status = vault.key_status(&tenant(t)).await.unwrap();
+            assert_eq!(status[0].secrets, 0);
+            assert_eq!(status[1].secrets, 7);
+        }
+        assert_all_readable(&vault_over(&store), &expected).await;
+        assert_eq!(
+            vault
+                .reencrypt_all(&JobOptions::default(), |_| {})
+                .await
+                .unwrap()
+                .examined,
+            0
+        );
     }
 }

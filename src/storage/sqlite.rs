@@ -9,6 +9,7 @@
 //!   transaction: idempotent, and safe when several processes open the file at once. A
 //!   file written by a newer schema version is refused.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -24,7 +25,7 @@ use sqlx::{Row, Sqlite};
 use super::rows::{DekRow, MetaRow, secret_record, to_sql_u64};
 use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::Error;
-use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
+use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 
 const BACKEND: &str = "sqlite";
 /// The schema version this build writes.
@@ -716,6 +717,49 @@ impl Store for SqliteStore {
             .map(|row| {
                 let envelope: Vec<u8> = row.try_get(7).map_err(map_err)?;
                 secret_record(meta_row(row)?, envelope)
+            })
+            .collect()
+    }
+
+    async fn count_secrets_by_version(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<DekVersion, u64>, Error> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT dek_version, COUNT(*) FROM credvault_secrets WHERE tenant = ? GROUP BY dek_version",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(v, n)| {
+                let version = u32::try_from(v).ok().and_then(DekVersion::new);
+                match (version, u64::try_from(n)) {
+                    (Some(version), Ok(n)) => Ok((version, n)),
+                    _ => Err(Error::Format(crate::FormatError::InvalidField(
+                        crate::Structure::Record,
+                        "DEK version",
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    async fn count_deks_by_master_key(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT master_key_id, COUNT(*) FROM credvault_deks WHERE state <> 3 GROUP BY master_key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(id, n)| match (MasterKeyId::new(&id), u64::try_from(n)) {
+                (Ok(id), Ok(n)) => Ok((id, n)),
+                _ => Err(Error::Format(crate::FormatError::InvalidField(
+                    crate::Structure::Record,
+                    "master key id",
+                ))),
             })
             .collect()
     }

@@ -244,27 +244,12 @@ impl Vault {
 }
 
 impl Inner {
-    /// Number of the tenant's secrets under each data-key version (a metadata-only scan).
+    /// Number of the tenant's secrets under each data-key version.
     pub(crate) async fn secrets_per_version(
         &self,
         tenant: &TenantId,
     ) -> Result<BTreeMap<DekVersion, u64>, Error> {
-        let page_size = JobOptions::default().batch_size;
-        let mut counts = BTreeMap::new();
-        let mut after: Option<SecretName> = None;
-        loop {
-            let page = self
-                .store
-                .list_secrets(tenant, after.as_ref(), page_size)
-                .await?;
-            for m in &page {
-                *counts.entry(m.dek_version).or_insert(0) += 1;
-            }
-            if page.len() < page_size {
-                return Ok(counts);
-            }
-            after = page.last().map(|m| m.name.clone());
-        }
+        self.store.count_secrets_by_version(tenant).await
     }
 
     /// Moves every record matching `select` to `state` with conditional writes; returns the

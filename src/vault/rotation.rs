@@ -35,25 +35,7 @@ impl Vault {
     /// # Errors
     /// A storage error.
     pub async fn master_key_usage(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
-        let mut usage = BTreeMap::new();
-        let page_size = JobOptions::default().batch_size;
-        let mut after: Option<(TenantId, DekVersion)> = None;
-        loop {
-            let page = self
-                .inner
-                .store
-                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), page_size)
-                .await?;
-            for record in page.iter().filter(|r| r.state != DekState::Destroyed) {
-                *usage
-                    .entry(record.wrapped.master_key_id().clone())
-                    .or_insert(0) += 1;
-            }
-            if page.len() < page_size {
-                return Ok(usage);
-            }
-            after = page.last().map(|r| (r.tenant.clone(), r.version));
-        }
+        self.inner.store.count_deks_by_master_key().await
     }
 
     /// Removes a master key from this vault's ring, after checking that no live data key
@@ -247,7 +229,10 @@ impl Vault {
         Ok(report)
     }
 
-    /// [`Self::reencrypt_tenant`] for every tenant, with progress after each batch.
+    /// [`Self::reencrypt_tenant`] for every tenant, with progress after each batch. Writes
+    /// are batched across tenants (`batch_size` rows per round trip), so the sweep costs
+    /// about one transaction per batch, not one per tenant; memory use is bounded by the
+    /// batch size, whatever the number of secrets.
     ///
     /// # Errors
     /// As [`Self::reencrypt_tenant`].
@@ -259,32 +244,100 @@ impl Vault {
     where
         P: FnMut(Progress) + Send,
     {
+        let inner = &self.inner;
         let tenants = self.all_tenants().await?;
+        // Count the work first (one data-key read and one grouped count per tenant), and
+        // finish any interrupted rotation on the way.
         let mut total = 0;
         for tenant in &tenants {
-            self.inner.active.remove_tenant(tenant);
-            total += self.inner.count_not_under_active(tenant, options).await?;
+            let deks = inner.store.list_deks(tenant).await?;
+            let actives: Vec<_> = deks
+                .iter()
+                .filter(|r| r.state == DekState::Active)
+                .map(|r| r.version)
+                .collect();
+            if actives.len() > 1 {
+                inner.demote_older_actives(tenant).await?;
+            }
+            if let Some(target) = actives.iter().max() {
+                let counts = inner.store.count_secrets_by_version(tenant).await?;
+                total += counts
+                    .iter()
+                    .filter(|(v, _)| *v != target)
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
+            }
         }
         let mut report = ReencryptReport::default();
+        let mut pending: Vec<(SecretRecord, PutMode)> = Vec::with_capacity(options.batch_size);
+        let mut conflicted = BTreeSet::new();
+        let tick = |r: &ReencryptReport| Progress {
+            done: r.reencrypted + r.skipped_concurrent_write + r.failures.len() as u64,
+            total,
+            errors: r.failures.len() as u64,
+        };
         for tenant in &tenants {
-            let mut failed = BTreeSet::new();
-            let mut tick = |r: &ReencryptReport| {
-                progress(Progress {
-                    done: r.reencrypted + r.skipped_concurrent_write + r.failures.len() as u64,
-                    total,
-                    errors: r.failures.len() as u64,
-                });
+            inner.active.remove_tenant(tenant);
+            let target = match inner.active_dek(tenant).await {
+                Ok(active) => active.version,
+                // Deleted while the sweep ran: nothing left to move.
+                Err(Error::TenantNotFound) => continue,
+                Err(e) => return Err(e),
             };
-            match self
-                .inner
-                .reencrypt_tenant_into(tenant, options, &mut report, &mut failed, &mut tick)
+            let mut after: Option<SecretName> = None;
+            loop {
+                let page = inner
+                    .store
+                    .list_secrets_not_under(tenant, target, after.as_ref(), options.batch_size)
+                    .await?;
+                let full = page.len() == options.batch_size;
+                after = page.last().map(|r| r.metadata.name.clone());
+                for record in page {
+                    report.examined += 1;
+                    let expected = record.metadata.row_version;
+                    match inner.resealed(tenant, record).await {
+                        Ok(new) => pending.push((new, PutMode::Update(expected))),
+                        Err((name, e)) => report.failures.push(JobFailure {
+                            tenant: tenant.clone(),
+                            name: Some(name),
+                            dek_version: None,
+                            kind: e.kind(),
+                        }),
+                    }
+                    if pending.len() >= options.batch_size {
+                        inner
+                            .flush(&mut pending, &mut report, &mut conflicted)
+                            .await?;
+                        progress(tick(&report));
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        inner
+            .flush(&mut pending, &mut report, &mut conflicted)
+            .await?;
+        progress(tick(&report));
+        // Tenants where a concurrent write won: sweep them again (their writers may have
+        // used an old version until their active-key TTL expired).
+        for tenant in &conflicted {
+            let mut failed = BTreeSet::new();
+            let mut on_batch = |r: &ReencryptReport| progress(tick(r));
+            match inner
+                .reencrypt_tenant_into(tenant, options, &mut report, &mut failed, &mut on_batch)
                 .await
             {
-                // Deleted while the sweep ran: nothing left to move.
                 Ok(()) | Err(Error::TenantNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
+        tracing::info!(
+            reencrypted = report.reencrypted,
+            failures = report.failures.len(),
+            "re-encryption finished"
+        );
         Ok(report)
     }
 
@@ -415,31 +468,6 @@ impl Inner {
         Err(Error::Conflict { what: "data key" })
     }
 
-    async fn count_not_under_active(
-        &self,
-        tenant: &TenantId,
-        options: &JobOptions,
-    ) -> Result<u64, Error> {
-        let target = match self.active_dek(tenant).await {
-            Ok(active) => active.version,
-            Err(Error::TenantNotFound) => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let mut count = 0;
-        let mut after: Option<SecretName> = None;
-        loop {
-            let page = self
-                .store
-                .list_secrets(tenant, after.as_ref(), options.batch_size)
-                .await?;
-            count += page.iter().filter(|m| m.dek_version != target).count() as u64;
-            if page.len() < options.batch_size {
-                return Ok(count);
-            }
-            after = page.last().map(|m| m.name.clone());
-        }
-    }
-
     /// The re-encryption sweep of one tenant, accumulating into `report`.
     async fn reencrypt_tenant_into(
         &self,
@@ -498,6 +526,33 @@ impl Inner {
             }
             if moved == 0 {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pending re-sealed rows as one batch of conditional writes.
+    async fn flush(
+        &self,
+        pending: &mut Vec<(SecretRecord, PutMode)>,
+        report: &mut ReencryptReport,
+        conflicted: &mut BTreeSet<TenantId>,
+    ) -> Result<(), Error> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<TenantId> = pending
+            .iter()
+            .map(|(r, _)| r.metadata.tenant.clone())
+            .collect();
+        let results = self.store.put_secrets(std::mem::take(pending)).await?;
+        for (tenant, result) in tenants.into_iter().zip(results) {
+            match result {
+                Ok(_) => report.reencrypted += 1,
+                Err(_) => {
+                    report.skipped_concurrent_write += 1;
+                    conflicted.insert(tenant);
+                }
             }
         }
         Ok(())
