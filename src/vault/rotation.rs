@@ -547,12 +547,12 @@ impl Inner {
             .collect();
         let results = self.store.put_secrets(std::mem::take(pending)).await?;
         for (tenant, result) in tenants.into_iter().zip(results) {
-            match result {
-                Ok(_) => report.reencrypted += 1,
-                Err(_) => {
-                    report.skipped_concurrent_write += 1;
-                    conflicted.insert(tenant);
-                }
+            if result.is_ok() {
+                report.reencrypted += 1;
+            } else {
+                // A concurrent write won; its value stands.
+                report.skipped_concurrent_write += 1;
+                conflicted.insert(tenant);
             }
         }
         Ok(())
