@@ -74,12 +74,17 @@ impl ActiveKeys {
 
     fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>) {
         let mut map = self.lock();
-        if map.len() >= self.capacity && !map.contains_key(tenant) {
+        if map.len() >= self.capacity && !map.contains_key(tenant.as_str()) {
+            // Full: drop the expired entries, or else an eighth of them, so that the scan is
+            // paid once per many inserts rather than on every one. A dropped entry only
+            // forfeits the rest of its reserved block.
             let now = Instant::now();
             map.retain(|_, a| a.expires > now);
             if map.len() >= self.capacity {
-                if let Some(victim) = map.keys().next().cloned() {
-                    map.remove(&victim);
+                let excess: Vec<TenantId> =
+                    map.keys().take(self.capacity / 8 + 1).cloned().collect();
+                for key in excess {
+                    map.remove(key.as_str());
                 }
             }
         }
