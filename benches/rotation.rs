@@ -174,7 +174,7 @@ fn reencrypt(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
     let mut group = c.benchmark_group("rotation/reencrypt");
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(60));
+        .measurement_time(Duration::from_mins(1));
     group.throughput(Throughput::Elements(secrets as u64));
     group.bench_function(BenchmarkId::new("raw_batched_update", secrets), |b| {
         b.iter_custom(|iters| {

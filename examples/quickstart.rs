@@ -64,7 +64,7 @@ pub async fn run(path: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>
             .await?;
         let token = OAuthToken::new(access)
             .with_refresh_token(refresh)
-            .with_expires_at(SystemTime::now() + Duration::from_secs(3600))
+            .with_expires_at(SystemTime::now() + Duration::from_hours(1))
             .with_scopes(["openid", "email"]);
         vault
             .put(&tenant, &SecretName::new("google")?, &token)

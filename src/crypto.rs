@@ -228,6 +228,15 @@ pub(crate) fn key_fingerprint(key: &[u8; 32]) -> [u8; 8] {
     out
 }
 
+/// First 16 bytes of SHA-256(`bytes`): identifies one stored wrapped key, so that a cache
+/// entry is never used for a different key that was given the same (tenant, version).
+pub(crate) fn fingerprint(bytes: &[u8]) -> [u8; 16] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(digest.as_ref().get(..16).unwrap_or(&[0; 16]));
+    out
+}
+
 /// Appends `field` with a big-endian u32 length prefix to a stack buffer.
 /// Returns `false` (and leaves the buffer unusable) if it would not fit.
 fn push_lp32(buf: &mut [u8], len: &mut usize, field: &[u8]) -> bool {

@@ -30,8 +30,9 @@ pub const VERSION: u8 = 1;
 /// Length of the fixed header (magic, version, suite, kind, DEK version).
 pub const HEADER_LEN: usize = 11;
 
-/// A parsed envelope, borrowing the stored bytes. Parsing allocates nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A parsed envelope, borrowing the stored bytes. Parsing allocates nothing. `Debug` shows
+/// the header and lengths, never the nonce, ciphertext or tag.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct EnvelopeRef<'a> {
     suite: Suite,
     kind: SecretKind,
@@ -139,6 +140,18 @@ impl<'a> EnvelopeRef<'a> {
         out.extend_from_slice(self.ciphertext);
         out.extend_from_slice(self.tag);
         out
+    }
+}
+
+impl std::fmt::Debug for EnvelopeRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvelopeRef")
+            .field("suite", &self.suite)
+            .field("kind", &self.kind)
+            .field("dek_version", &self.dek_version)
+            .field("nonce_len", &self.nonce.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -53,6 +53,65 @@ async fn setup() -> Vec<(Arc<dyn Store>, Vault)> {
     out
 }
 
+/// Gives `to` the same data key as `from` (properly wrapped for `to`'s context), so that a
+/// copied row can only be refused by its associated data, not by a different key.
+async fn share_data_key(store: &Arc<dyn Store>, from: &TenantId, to: &TenantId) {
+    use credvault::keys::WrapContext;
+    let key = master();
+    let mut record = store
+        .get_dek(from, DekVersion::FIRST)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = credvault::MasterKeyProvider::id(&key).clone();
+    let ctx = |tenant| WrapContext {
+        tenant,
+        dek_version: DekVersion::FIRST,
+        suite: record.suite,
+        master_key_id: &id,
+    };
+    let dek = credvault::MasterKeyProvider::unwrap(&key, &record.wrapped, &ctx(from))
+        .await
+        .unwrap();
+    let wrapped = credvault::MasterKeyProvider::wrap(&key, &dek, &ctx(to))
+        .await
+        .unwrap();
+    record.tenant = to.clone();
+    record.wrapped = wrapped;
+    overwrite_dek(store, record).await;
+}
+
+#[tokio::test]
+async fn row_copied_to_other_tenant_with_the_same_data_key_fails_to_open() {
+    for (store, _) in setup().await {
+        let (acme, globex) = (tenant("acme"), tenant("globex"));
+        share_data_key(&store, &acme, &globex).await;
+        let vault = vault_over(&store);
+        // The shared key works for globex's own rows once they are sealed under it...
+        vault
+            .put(&globex, &name("own"), &ApiKey::new("globex-own"))
+            .await
+            .unwrap();
+        assert_eq!(
+            vault
+                .get::<ApiKey>(&globex, &name("own"))
+                .await
+                .unwrap()
+                .expose_secret(),
+            "globex-own"
+        );
+        // ...but acme's row, copied under globex, is refused by the tenant in its AAD.
+        let mut row = raw_secret(&store, &acme, &name("github")).await;
+        row.metadata.tenant = globex.clone();
+        overwrite_secret(&store, row).await;
+        let err = vault
+            .get::<ApiKey>(&globex, &name("github"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decryption);
+    }
+}
+
 #[tokio::test]
 async fn row_copied_to_other_tenant_fails_to_open() {
     for (store, vault) in setup().await {

@@ -126,6 +126,10 @@ async fn canary_never_appears_in_debug_errors_or_trace_logs() {
         format!("{record:?}"),
         format!(
             "{:?}",
+            credvault::envelope::EnvelopeRef::parse(&record.envelope).unwrap()
+        ),
+        format!(
+            "{:?}",
             credvault::keys::DataKey::from_slice(&[1; 32]).unwrap()
         ),
         format!("{:?}", credvault::MemoryStore::new()),

@@ -272,7 +272,7 @@ async fn tenant_rotation_reencryption_retirement_and_destruction() {
         );
         assert!(
             vault
-                .destroy_unused_keys(&t, Duration::from_secs(3600))
+                .destroy_unused_keys(&t, Duration::from_hours(1))
                 .await
                 .unwrap()
                 .is_empty(),
@@ -572,6 +572,101 @@ async fn reencrypt_all_batches_across_tenants_and_reports_progress() {
                 .unwrap()
                 .examined,
             0
+        );
+    }
+}
+
+#[tokio::test]
+async fn create_tenant_refuses_to_mint_over_secrets_whose_keys_are_missing() {
+    for (_, store) in stores().await {
+        let vault = vault_over(&store);
+        let t = tenant("acme");
+        vault.create_tenant(&t).await.unwrap();
+        vault.put(&t, &name("k"), &ApiKey::new("v")).await.unwrap();
+        // The key rows are lost (a manual delete, an eviction, a partial restore).
+        for r in store.list_deks(&t).await.unwrap() {
+            store.delete_dek(&t, r.version, None).await.unwrap();
+        }
+        let err = vault_over(&store).create_tenant(&t).await.unwrap_err();
+        assert!(
+            matches!(err, Error::KeyMissing { version } if version == DekVersion::FIRST),
+            "{err:?}"
+        );
+        assert!(
+            store.list_deks(&t).await.unwrap().is_empty(),
+            "no key was minted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_recreated_tenant_is_never_sealed_or_read_with_its_destroyed_key() {
+    for (_, store) in stores().await {
+        let fast = |store: &Arc<dyn Store>| {
+            Vault::builder_with_store(store.clone(), ring())
+                .with_active_key_ttl(Duration::from_millis(20))
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (fast(&store), fast(&store));
+        let t = tenant("acme");
+        a.create_tenant(&t).await.unwrap();
+        b.put(&t, &name("before"), &ApiKey::new("old"))
+            .await
+            .unwrap(); // b caches key v1
+        a.delete_tenant(&t).await.unwrap();
+        a.create_tenant(&t).await.unwrap(); // a new, different v1
+        a.put(&t, &name("from-a"), &ApiKey::new("new-a"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // b still caches the destroyed v1: it must notice, for writes and for reads.
+        b.put(&t, &name("from-b"), &ApiKey::new("new-b"))
+            .await
+            .unwrap();
+        assert_eq!(
+            vault_over(&store)
+                .get::<ApiKey>(&t, &name("from-b"))
+                .await
+                .unwrap()
+                .expose_secret(),
+            "new-b"
+        );
+        assert_eq!(
+            b.get::<ApiKey>(&t, &name("from-a"))
+                .await
+                .unwrap()
+                .expose_secret(),
+            "new-a"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retiring_a_version_takes_effect_at_once_in_this_process() {
+    for (_, store) in stores().await {
+        let vault = vault_over(&store);
+        let t = tenant("acme");
+        vault.create_tenant(&t).await.unwrap();
+        vault
+            .put(&t, &name("old"), &ApiKey::new("old"))
+            .await
+            .unwrap();
+        let old_row = raw_secret(&store, &t, &name("old")).await;
+        let v2 = vault.rotate_tenant_key(&t).await.unwrap();
+        vault
+            .reencrypt_tenant(&t, &JobOptions::default())
+            .await
+            .unwrap();
+        vault.set_min_decryption_version(&t, v2).await.unwrap();
+        overwrite_secret(&store, old_row).await;
+        assert_eq!(
+            vault
+                .get::<ApiKey>(&t, &name("old"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::KeyRetired
         );
     }
 }

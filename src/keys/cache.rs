@@ -29,6 +29,8 @@ use crate::ids::{DekVersion, TenantId};
 pub(crate) struct CachedDek {
     pub(crate) cipher: SecretCipher,
     pub(crate) suite: Suite,
+    /// [`crate::crypto::fingerprint`] of the wrapped key this entry was unwrapped from.
+    pub(crate) wrapped: [u8; 16],
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -124,13 +126,12 @@ impl DekCache {
             .map
             .get(tenant.as_str())
             .and_then(|slots| slots.iter().find(|s| s.version == version))
+            && slot.expires > now
         {
-            if slot.expires > now {
-                return match slot.cell.get() {
-                    Some(dek) => Lookup::Hit(Arc::clone(dek)),
-                    None => Lookup::Pending(Arc::clone(&slot.cell)),
-                };
-            }
+            return match slot.cell.get() {
+                Some(dek) => Lookup::Hit(Arc::clone(dek)),
+                None => Lookup::Pending(Arc::clone(&slot.cell)),
+            };
         }
         // Miss or expired: a fresh slot replaces the old one.
         if !inner.remove(tenant.as_str(), version) {
@@ -202,12 +203,13 @@ mod tests {
         Ok(CachedDek {
             cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
             suite: Suite::Aes256Gcm,
+            wrapped: [0; 16],
         })
     }
 
     #[tokio::test]
     async fn concurrent_misses_share_one_load() -> Result<(), Error> {
-        let cache = Arc::new(DekCache::new(16, Duration::from_secs(60)));
+        let cache = Arc::new(DekCache::new(16, Duration::from_mins(1)));
         let loads = Arc::new(AtomicUsize::new(0));
         let tenant = TenantId::new("t")?;
         let mut tasks = Vec::new();
@@ -261,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_load_is_not_cached() -> Result<(), Error> {
-        let cache = DekCache::new(4, Duration::from_secs(60));
+        let cache = DekCache::new(4, Duration::from_mins(1));
         let tenant = TenantId::new("t")?;
         let err = cache
             .get_or_load(&tenant, DekVersion::FIRST, || async {

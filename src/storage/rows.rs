@@ -35,8 +35,8 @@ pub(crate) fn to_sql_u64(value: u64, field: &'static str) -> Result<i64, Error> 
     i64::try_from(value).map_err(|_| Error::invalid(field, "exceeds the range of a stored integer"))
 }
 
-/// The columns of a data-key row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The columns of a data-key row. `Debug` leaves out the wrapped key bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct DekRow {
     pub(crate) tenant: String,
     pub(crate) version: i64,
@@ -48,6 +48,18 @@ pub(crate) struct DekRow {
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) row_version: i64,
+}
+
+impl std::fmt::Debug for DekRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DekRow")
+            .field("tenant", &self.tenant)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .field("master_key_id", &self.master_key_id)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DekRow {

@@ -145,6 +145,7 @@ impl Inner {
         Ok(CachedDek {
             cipher,
             suite: record.suite,
+            wrapped: crate::crypto::fingerprint(record.wrapped.as_bytes()),
         })
     }
 
@@ -191,15 +192,28 @@ impl Inner {
             .max_by_key(|r| r.version)
             .ok_or(Error::TenantNotFound)?;
         let version = record.version;
-        let dek = self
+        let current = crate::crypto::fingerprint(record.wrapped.as_bytes());
+        let mut dek = self
             .deks
             .get_or_load(tenant, version, || {
-                self.unwrap_record(tenant, version, Some(record))
+                self.unwrap_record(tenant, version, Some(record.clone()))
             })
             .await?;
+        if dek.wrapped != current {
+            // The cached key was unwrapped from another record under this (tenant, version):
+            // rewrapped since (harmless), or a deleted and re-created tenant (the cached key
+            // is destroyed and must never seal again). Either way, use the stored record.
+            self.deks.remove(tenant, version);
+            dek = self
+                .deks
+                .get_or_load(tenant, version, || {
+                    self.unwrap_record(tenant, version, Some(record))
+                })
+                .await?;
+        }
         // Keep what is left of this process's block if the active version did not change.
         let carried = expired
-            .filter(|old| old.version == version)
+            .filter(|old| old.version == version && Arc::ptr_eq(&old.dek, &dek))
             .map_or(0, |old| old.remaining.swap(0, Ordering::AcqRel));
         let active = Arc::new(ActiveDek {
             version,
@@ -247,7 +261,11 @@ impl Inner {
                 .get_dek(tenant, version)
                 .await?
                 .ok_or(Error::KeyMissing { version })?;
-            if record.state != DekState::Active {
+            // Demoted, destroyed, or replaced by another key under the same version (a
+            // deleted and re-created tenant): this entry must not seal any more.
+            if record.state != DekState::Active
+                || crate::crypto::fingerprint(record.wrapped.as_bytes()) != active.dek.wrapped
+            {
                 return Ok(false);
             }
             let max = limit(record.suite);

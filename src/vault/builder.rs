@@ -62,7 +62,7 @@ impl VaultBuilder {
                 suite: Suite::Aes256Gcm,
                 max_secret_size: DEFAULT_MAX_SECRET_SIZE,
                 dek_cache_capacity: 10_000,
-                dek_cache_ttl: Duration::from_secs(300),
+                dek_cache_ttl: Duration::from_mins(5),
                 active_key_ttl: Duration::from_secs(30),
                 max_encryptions: None,
                 reservation_block: 1024,
@@ -151,6 +151,13 @@ impl VaultBuilder {
         }
         if c.reservation_block == 0 {
             return Err(Error::Config("reservation block must be at least 1"));
+        }
+        let year = Duration::from_hours(365 * 24);
+        if c.dek_cache_ttl > year
+            || c.active_key_ttl > year
+            || c.max_key_age.is_some_and(|a| a > 100 * year)
+        {
+            return Err(Error::Config("cache lifetimes must be at most a year"));
         }
         if c.max_encryptions == Some(0) {
             return Err(Error::Config("max encryptions per key must be at least 1"));

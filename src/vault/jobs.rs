@@ -18,11 +18,11 @@ impl Default for JobOptions {
 }
 
 impl JobOptions {
-    /// Records read and written per round trip (default 500, at least 1). Memory use is
-    /// proportional to it, never to the number of records swept.
+    /// Records read and written per round trip (default 500, clamped to 1..=10,000).
+    /// Memory use is proportional to it, never to the number of records swept.
     #[must_use]
     pub fn with_batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
+        self.batch_size = n.clamp(1, 10_000);
         self
     }
 }

@@ -94,6 +94,9 @@ impl Vault {
                 DekState::Retired,
             )
             .await?;
+        for version in &retired {
+            self.inner.deks.remove(tenant, *version);
+        }
         Ok(retired)
     }
 

@@ -23,6 +23,15 @@ impl Vault {
         if existing.iter().any(|r| r.state != DekState::Destroyed) {
             return Ok(TenantCreation::AlreadyExisted);
         }
+        // Secrets without any data-key record: the keys were lost (a manual delete, an
+        // eviction, a partial restore). Minting one now would orphan every one of them.
+        if existing.is_empty()
+            && let Some(orphan) = inner.store.list_secrets(tenant, None, 1).await?.first()
+        {
+            return Err(Error::KeyMissing {
+                version: orphan.dek_version,
+            });
+        }
         let version = match existing.iter().map(|r| r.version).max() {
             Some(v) => v
                 .next()
@@ -167,6 +176,15 @@ impl Vault {
         tenant: &TenantId,
         name: &SecretName,
     ) -> Result<(S, SecretMetadata), Error> {
+        self.read(tenant, name, true).await
+    }
+
+    async fn read<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        retry_stale_key: bool,
+    ) -> Result<(S, SecretMetadata), Error> {
         let inner = &self.inner;
         let mut record = inner
             .store
@@ -191,15 +209,37 @@ impl Vault {
             return Err(Error::Decryption);
         }
         // The row is this call's own copy: decrypt it in place.
-        let secret = envelope::open_in_place::<S>(
+        let opened = envelope::open_in_place::<S>(
             &dek.cipher,
             &mut record.envelope,
             SecretContext { tenant, name },
-        )?;
+        );
+        let secret = match opened {
+            Ok(secret) => secret,
+            Err(Error::Decryption) if retry_stale_key => {
+                // A cached key that no longer matches the stored record (a tenant deleted
+                // and re-created under the same id) would fail every read until it
+                // expires: check once, and retry with the stored key if it changed.
+                let stored = inner.store.get_dek(tenant, version).await?;
+                let changed = stored.is_some_and(|r| {
+                    crate::crypto::fingerprint(r.wrapped.as_bytes()) != dek.wrapped
+                });
+                if !changed {
+                    return Err(Error::Decryption);
+                }
+                inner.deks.remove(tenant, version);
+                return Box::pin(self.read(tenant, name, false)).await;
+            }
+            Err(e) => return Err(e),
+        };
         // The metadata columns are not authenticated; the envelope's header is. A row whose
         // columns disagree with its (authentic) envelope was edited outside credvault, and its
         // metadata must not be returned as if it were true.
-        if record.metadata.kind != kind || record.metadata.dek_version != version {
+        if record.metadata.kind != kind
+            || record.metadata.dek_version != version
+            || record.metadata.tenant != *tenant
+            || record.metadata.name != *name
+        {
             return Err(FormatError::InvalidField(
                 Structure::Record,
                 "metadata disagrees with envelope",
