@@ -36,3 +36,40 @@ mod file {
         Some(Arc::new(store))
     });
 }
+
+/// A row edited in the database to hold an envelope larger than any credvault writes is
+/// refused without being loaded.
+#[tokio::test]
+async fn oversize_stored_envelope_is_rejected_as_malformed() {
+    use credvault::storage::{PutMode, Store, conformance};
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    let t = conformance::unique_tenant("oversize");
+    let n = credvault::SecretName::new("big").unwrap();
+    let limit = credvault::limits::MAX_SECRET_SIZE_LIMIT + 64;
+    store
+        .put_secret(
+            conformance::secret_record(&t, &n, vec![0; limit]),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_secret(&t, &n)
+            .await
+            .unwrap()
+            .unwrap()
+            .envelope
+            .len(),
+        limit
+    );
+    store
+        .put_secret(
+            conformance::secret_record(&t, &n, vec![0; limit + 1]),
+            PutMode::Upsert,
+        )
+        .await
+        .unwrap();
+    let err = store.get_secret(&t, &n).await.unwrap_err();
+    assert_eq!(err.kind(), credvault::ErrorKind::Malformed);
+}

@@ -64,6 +64,24 @@ macro_rules! dek_columns {
         "tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version"
     };
 }
+/// The envelope column, or NULL when it is longer than any envelope credvault writes
+/// (16 MiB of plaintext plus 64 bytes of framing): a row edited in the database cannot make
+/// a read allocate without bound.
+macro_rules! bounded_envelope {
+    () => {
+        "CASE WHEN length(envelope) <= 16777280 THEN envelope END"
+    };
+}
+
+/// Reads the bounded envelope column (index 7).
+fn envelope_column(row: &SqliteRow) -> Result<Vec<u8>, Error> {
+    let envelope: Option<Vec<u8>> = row.try_get(7).map_err(map_err)?;
+    envelope.ok_or(Error::Format(crate::FormatError::InvalidField(
+        crate::Structure::Record,
+        "envelope longer than any credvault writes",
+    )))
+}
+
 macro_rules! meta_columns {
     () => {
         "tenant, name, kind, dek_version, created_at, updated_at, row_version"
@@ -540,7 +558,9 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             meta_columns!(),
-            ", envelope FROM credvault_secrets WHERE tenant = ? AND name = ?"
+            ", ",
+            bounded_envelope!(),
+            " FROM credvault_secrets WHERE tenant = ? AND name = ?"
         );
         let row = sqlx::query(sql)
             .bind(tenant.as_str())
@@ -550,7 +570,7 @@ impl Store for SqliteStore {
             .map_err(map_err)?;
         match row {
             Some(row) => {
-                let envelope: Vec<u8> = row.try_get(7).map_err(map_err)?;
+                let envelope = envelope_column(&row)?;
                 secret_record(meta_row(&row)?, envelope).map(Some)
             }
             None => Ok(None),
@@ -703,7 +723,9 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             meta_columns!(),
-            ", envelope FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name LIMIT ?"
+            ", ",
+            bounded_envelope!(),
+            " FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name LIMIT ?"
         );
         let rows = sqlx::query(sql)
             .bind(tenant.as_str())
@@ -715,7 +737,7 @@ impl Store for SqliteStore {
             .map_err(map_err)?;
         rows.iter()
             .map(|row| {
-                let envelope: Vec<u8> = row.try_get(7).map_err(map_err)?;
+                let envelope = envelope_column(row)?;
                 secret_record(meta_row(row)?, envelope)
             })
             .collect()
