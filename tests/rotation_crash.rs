@@ -288,3 +288,45 @@ async fn interrupted_deletion_never_leaves_a_secret_readable_after_its_key_is_de
         }
     }
 }
+
+#[tokio::test]
+async fn reencrypt_all_survives_a_crash_at_every_write() {
+    let tally = sweep(
+        "re-encryption of all tenants",
+        ring,
+        None,
+        |vault| {
+            Box::pin(async move {
+                // "Every tenant on version 2 or later": rotate those still on version 1.
+                for t in ["globex", "initech"] {
+                    if vault
+                        .key_status(&tenant(t))
+                        .await?
+                        .iter()
+                        .all(|s| s.version.get() < 2)
+                    {
+                        vault.rotate_tenant_key(&tenant(t)).await?;
+                    }
+                }
+                vault
+                    .reencrypt_all(&JobOptions::default().with_batch_size(3), |_| {})
+                    .await?;
+                Ok(())
+            })
+        },
+        |store, expected| {
+            Box::pin(async move {
+                let vault = vault_over(store);
+                let mut all_current = true;
+                for t in ["acme", "globex", "initech"] {
+                    let status = vault.key_status(&tenant(t)).await.unwrap();
+                    let newest = status.iter().map(|s| s.version).max().unwrap();
+                    all_current &= status.iter().all(|s| s.version == newest || s.secrets == 0);
+                }
+                all_current && unreadable(&vault, expected, None).await == 0
+            })
+        },
+    )
+    .await;
+    assert_clean(&tally);
+}
