@@ -317,6 +317,18 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DekRecord>, Error>;
 
+    /// Up to `limit` whole secret records of all tenants (envelopes included), ordered by
+    /// (tenant, name), strictly after `after`: the work list of a re-encryption sweep over
+    /// every tenant.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn scan_secrets(
+        &self,
+        after: Option<(&TenantId, &SecretName)>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error>;
+
     /// Deletes a data-key record; with `expected`, only if its row version matches.
     /// Returns whether a record was deleted. Used to remove a deleted tenant's tombstones.
     ///

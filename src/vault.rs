@@ -8,6 +8,7 @@ mod jobs;
 mod lifecycle;
 mod ops;
 mod rotation;
+mod sweep;
 
 use std::sync::{Arc, PoisonError, RwLock};
 

@@ -371,6 +371,13 @@ impl Store for LostKeys {
     ) -> Result<Vec<TenantId>, Error> {
         self.inner.list_tenants(after, limit).await
     }
+    async fn scan_secrets(
+        &self,
+        after: Option<(&TenantId, &SecretName)>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        self.inner.scan_secrets(after, limit).await
+    }
     async fn scan_deks(
         &self,
         after: Option<(&TenantId, DekVersion)>,

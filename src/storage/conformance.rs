@@ -781,6 +781,51 @@ pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store
     assert_eq!(ours, expected);
 }
 
+pub async fn scanning_secrets_visits_each_record_once_in_order(store: Arc<dyn Store>) {
+    let mine: BTreeSet<TenantId> = (0..5)
+        .map(|i| unique_tenant(&format!("sscan{i}")))
+        .collect();
+    for t in &mine {
+        for i in 0..4 {
+            store
+                .put_secret(
+                    secret_record(t, &name(&format!("n{i}")), vec![i]),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut seen: Vec<(TenantId, SecretName)> = Vec::new();
+    let mut after: Option<(TenantId, SecretName)> = None;
+    loop {
+        let page = store
+            .scan_secrets(after.as_ref().map(|(t, n)| (t, n)), 3)
+            .await
+            .unwrap();
+        seen.extend(
+            page.iter()
+                .map(|r| (r.metadata.tenant.clone(), r.metadata.name.clone())),
+        );
+        if page.len() < 3 {
+            break;
+        }
+        after = page
+            .last()
+            .map(|r| (r.metadata.tenant.clone(), r.metadata.name.clone()));
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "strictly ascending by (tenant, name)"
+    );
+    let ours: Vec<_> = seen.into_iter().filter(|(t, _)| mine.contains(t)).collect();
+    let expected: Vec<_> = mine
+        .iter()
+        .flat_map(|t| (0..4).map(move |i| (t.clone(), name(&format!("n{i}")))))
+        .collect();
+    assert_eq!(ours, expected);
+}
+
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
@@ -807,6 +852,7 @@ macro_rules! store_conformance_tests {
             listing_secrets_not_under_a_version_returns_whole_records,
             batched_writes_apply_each_condition_separately,
             scanning_deks_visits_each_record_once_in_order,
+            scanning_secrets_visits_each_record_once_in_order,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -166,6 +166,15 @@ impl Store for FaultyStore {
         self.inner.list_tenants(after, limit).await
     }
 
+    async fn scan_secrets(
+        &self,
+        after: Option<(&TenantId, &SecretName)>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        self.check_alive()?;
+        self.inner.scan_secrets(after, limit).await
+    }
+
     async fn scan_deks(
         &self,
         after: Option<(&TenantId, DekVersion)>,

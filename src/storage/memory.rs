@@ -216,6 +216,32 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn scan_secrets(
+        &self,
+        after: Option<(&TenantId, &SecretName)>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        let inner = self.read();
+        let mut out = Vec::new();
+        let lower = after.map_or(Bound::Unbounded, |(t, _)| Bound::Included(t));
+        for (tenant, names) in inner
+            .secrets
+            .range::<TenantId, _>((lower, Bound::Unbounded))
+        {
+            let start = match after {
+                Some((t, n)) if t == tenant => Bound::Excluded(n),
+                _ => Bound::Unbounded,
+            };
+            for (_, record) in names.range::<SecretName, _>((start, Bound::Unbounded)) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(record.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn scan_deks(
         &self,
         after: Option<(&TenantId, DekVersion)>,

@@ -660,6 +660,31 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn scan_secrets(
+        &self,
+        after: Option<(&TenantId, &SecretName)>,
+        n: usize,
+    ) -> Result<Vec<SecretRecord>, Error> {
+        let (tenant, name) = after.map_or(("", ""), |(t, n)| (t.as_str(), n.as_str()));
+        let sql = concat!(
+            "SELECT ",
+            meta_columns!(),
+            ", ",
+            bounded_envelope!(),
+            " FROM credvault_secrets WHERE (tenant, name) > (?, ?) ORDER BY tenant, name LIMIT ?"
+        );
+        let rows = sqlx::query(sql)
+            .bind(tenant)
+            .bind(name)
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| secret_record(meta_row(row)?, envelope_column(row)?))
+            .collect()
+    }
+
     async fn scan_deks(
         &self,
         after: Option<(&TenantId, DekVersion)>,

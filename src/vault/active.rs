@@ -149,6 +149,34 @@ impl Inner {
         })
     }
 
+    /// The unwrapped key of `record`, from the cache if the cached entry came from this very
+    /// wrapped key. An entry unwrapped from another record under the same (tenant, version)
+    /// (rewrapped since, or a deleted and re-created tenant whose old key is destroyed) is
+    /// replaced, never used.
+    pub(crate) async fn key_for(
+        &self,
+        tenant: &TenantId,
+        record: DekRecord,
+    ) -> Result<Arc<CachedDek>, Error> {
+        let version = record.version;
+        let current = crate::crypto::fingerprint(record.wrapped.as_bytes());
+        let dek = self
+            .deks
+            .get_or_load(tenant, version, || {
+                self.unwrap_record(tenant, version, Some(record.clone()))
+            })
+            .await?;
+        if dek.wrapped == current {
+            return Ok(dek);
+        }
+        self.deks.remove(tenant, version);
+        self.deks
+            .get_or_load(tenant, version, || {
+                self.unwrap_record(tenant, version, Some(record))
+            })
+            .await
+    }
+
     /// Wraps a fresh data key for `tenant` at `version` under the active master key.
     pub(crate) async fn mint_dek(
         &self,
@@ -192,25 +220,7 @@ impl Inner {
             .max_by_key(|r| r.version)
             .ok_or(Error::TenantNotFound)?;
         let version = record.version;
-        let current = crate::crypto::fingerprint(record.wrapped.as_bytes());
-        let mut dek = self
-            .deks
-            .get_or_load(tenant, version, || {
-                self.unwrap_record(tenant, version, Some(record.clone()))
-            })
-            .await?;
-        if dek.wrapped != current {
-            // The cached key was unwrapped from another record under this (tenant, version):
-            // rewrapped since (harmless), or a deleted and re-created tenant (the cached key
-            // is destroyed and must never seal again). Either way, use the stored record.
-            self.deks.remove(tenant, version);
-            dek = self
-                .deks
-                .get_or_load(tenant, version, || {
-                    self.unwrap_record(tenant, version, Some(record))
-                })
-                .await?;
-        }
+        let dek = self.key_for(tenant, record).await?;
         // Keep what is left of this process's block if the active version did not change.
         let carried = expired
             .filter(|old| old.version == version && Arc::ptr_eq(&old.dek, &dek))

@@ -245,81 +245,23 @@ impl Vault {
         P: FnMut(Progress) + Send,
     {
         let inner = &self.inner;
-        let tenants = self.all_tenants().await?;
-        // Count the work first (one data-key read and one grouped count per tenant), and
-        // finish any interrupted rotation on the way.
-        let mut total = 0;
-        for tenant in &tenants {
-            let deks = inner.store.list_deks(tenant).await?;
-            let actives: Vec<_> = deks
-                .iter()
-                .filter(|r| r.state == DekState::Active)
-                .map(|r| r.version)
-                .collect();
-            if actives.len() > 1 {
-                inner.demote_older_actives(tenant).await?;
-            }
-            if let Some(target) = actives.iter().max() {
-                let counts = inner.store.count_secrets_by_version(tenant).await?;
-                total += counts
-                    .iter()
-                    .filter(|(v, _)| *v != target)
-                    .map(|(_, n)| n)
-                    .sum::<u64>();
-            }
-        }
+        let total = inner.count_pending(options.batch_size).await?;
         let mut report = ReencryptReport::default();
-        let mut pending: Vec<(SecretRecord, PutMode)> = Vec::with_capacity(options.batch_size);
         let mut conflicted = BTreeSet::new();
         let tick = |r: &ReencryptReport| Progress {
             done: r.reencrypted + r.skipped_concurrent_write + r.failures.len() as u64,
             total,
             errors: r.failures.len() as u64,
         };
-        for tenant in &tenants {
-            inner.active.remove_tenant(tenant);
-            let target = match inner.active_dek(tenant).await {
-                Ok(active) => active.version,
-                // Deleted while the sweep ran: nothing left to move.
-                Err(Error::TenantNotFound) => continue,
-                Err(e) => return Err(e),
-            };
-            let mut after: Option<SecretName> = None;
-            loop {
-                let page = inner
-                    .store
-                    .list_secrets_not_under(tenant, target, after.as_ref(), options.batch_size)
-                    .await?;
-                let full = page.len() == options.batch_size;
-                after = page.last().map(|r| r.metadata.name.clone());
-                for record in page {
-                    report.examined += 1;
-                    let expected = record.metadata.row_version;
-                    match inner.resealed(tenant, record).await {
-                        Ok(new) => pending.push((new, PutMode::Update(expected))),
-                        Err((name, e)) => report.failures.push(JobFailure {
-                            tenant: tenant.clone(),
-                            name: Some(name),
-                            dek_version: None,
-                            kind: e.kind(),
-                        }),
-                    }
-                    if pending.len() >= options.batch_size {
-                        inner
-                            .flush(&mut pending, &mut report, &mut conflicted)
-                            .await?;
-                        progress(tick(&report));
-                    }
-                }
-                if !full {
-                    break;
-                }
-            }
-        }
+        let mut on_round = |r: &ReencryptReport| progress(tick(r));
         inner
-            .flush(&mut pending, &mut report, &mut conflicted)
+            .sweep_all(
+                options.batch_size,
+                &mut report,
+                &mut conflicted,
+                &mut on_round,
+            )
             .await?;
-        progress(tick(&report));
         // Tenants where a concurrent write won: sweep them again (their writers may have
         // used an old version until their active-key TTL expired).
         for tenant in &conflicted {
@@ -339,23 +281,6 @@ impl Vault {
             "re-encryption finished"
         );
         Ok(report)
-    }
-
-    pub(crate) async fn all_tenants(&self) -> Result<Vec<TenantId>, Error> {
-        let page_size = JobOptions::default().batch_size;
-        let mut tenants = Vec::new();
-        loop {
-            let page = self
-                .inner
-                .store
-                .list_tenants(tenants.last(), page_size)
-                .await?;
-            let done = page.len() < page_size;
-            tenants.extend(page);
-            if done {
-                return Ok(tenants);
-            }
-        }
     }
 }
 
@@ -526,33 +451,6 @@ impl Inner {
             }
             if moved == 0 {
                 break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the pending re-sealed rows as one batch of conditional writes.
-    async fn flush(
-        &self,
-        pending: &mut Vec<(SecretRecord, PutMode)>,
-        report: &mut ReencryptReport,
-        conflicted: &mut BTreeSet<TenantId>,
-    ) -> Result<(), Error> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let tenants: Vec<TenantId> = pending
-            .iter()
-            .map(|(r, _)| r.metadata.tenant.clone())
-            .collect();
-        let results = self.store.put_secrets(std::mem::take(pending)).await?;
-        for (tenant, result) in tenants.into_iter().zip(results) {
-            if result.is_ok() {
-                report.reencrypted += 1;
-            } else {
-                // A concurrent write won; its value stands.
-                report.skipped_concurrent_write += 1;
-                conflicted.insert(tenant);
             }
         }
         Ok(())

@@ -1,0 +1,369 @@
+//! The all-tenants re-encryption sweep: two global, paged scans (data keys and secrets,
+//! both ordered by tenant) merged tenant by tenant, so that the sweep costs a few store
+//! round trips per batch of rows rather than several per tenant.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use super::Inner;
+use super::jobs::{JobFailure, ReencryptReport};
+use crate::envelope::{self, EnvelopeRef, SecretContext};
+use crate::error::{Error, FormatError, Structure};
+use crate::ids::{DekVersion, SecretName, TenantId};
+use crate::keys::CachedDek;
+use crate::storage::{DekRecord, DekState, PutMode, SecretRecord, Timestamp};
+
+/// One tenant's share of the scan: its data keys and a bounded chunk of its secrets (a
+/// tenant with more secrets than a page comes in several chunks).
+pub(crate) struct Chunk {
+    pub(crate) tenant: TenantId,
+    pub(crate) deks: Arc<Vec<DekRecord>>,
+    pub(crate) secrets: Vec<SecretRecord>,
+}
+
+impl Chunk {
+    /// The newest active version, the one secrets are moved to.
+    pub(crate) fn target(&self) -> Option<&DekRecord> {
+        self.deks
+            .iter()
+            .filter(|r| r.state == DekState::Active)
+            .max_by_key(|r| r.version)
+    }
+}
+
+/// Merges `scan_secrets` and `scan_deks`.
+pub(crate) struct TenantCursor {
+    page: usize,
+    secrets: VecDeque<SecretRecord>,
+    secrets_after: Option<(TenantId, SecretName)>,
+    secrets_done: bool,
+    deks: VecDeque<DekRecord>,
+    deks_after: Option<(TenantId, DekVersion)>,
+    deks_done: bool,
+    current: Option<(TenantId, Arc<Vec<DekRecord>>)>,
+}
+
+impl TenantCursor {
+    pub(crate) fn new(page: usize) -> Self {
+        Self {
+            page,
+            secrets: VecDeque::new(),
+            secrets_after: None,
+            secrets_done: false,
+            deks: VecDeque::new(),
+            deks_after: None,
+            deks_done: false,
+            current: None,
+        }
+    }
+
+    async fn refill_secrets(&mut self, inner: &Inner) -> Result<(), Error> {
+        if self.secrets.is_empty() && !self.secrets_done {
+            let after = self.secrets_after.as_ref().map(|(t, n)| (t, n));
+            let page = inner.store.scan_secrets(after, self.page).await?;
+            self.secrets_done = page.len() < self.page;
+            self.secrets_after = page
+                .last()
+                .map(|r| (r.metadata.tenant.clone(), r.metadata.name.clone()));
+            self.secrets.extend(page);
+        }
+        Ok(())
+    }
+
+    async fn refill_deks(&mut self, inner: &Inner) -> Result<(), Error> {
+        if self.deks.is_empty() && !self.deks_done {
+            let after = self.deks_after.as_ref().map(|(t, v)| (t, *v));
+            let page = inner.store.scan_deks(after, self.page).await?;
+            self.deks_done = page.len() < self.page;
+            self.deks_after = page.last().map(|r| (r.tenant.clone(), r.version));
+            self.deks.extend(page);
+        }
+        Ok(())
+    }
+
+    /// The data keys of `tenant` (which is at or after every tenant asked for before).
+    async fn deks_of(
+        &mut self,
+        inner: &Inner,
+        tenant: &TenantId,
+    ) -> Result<Arc<Vec<DekRecord>>, Error> {
+        if let Some((t, deks)) = &self.current
+            && t == tenant
+        {
+            return Ok(Arc::clone(deks));
+        }
+        let mut mine = Vec::new();
+        loop {
+            self.refill_deks(inner).await?;
+            match self.deks.front() {
+                Some(r) if &r.tenant < tenant => {
+                    self.deks.pop_front();
+                }
+                Some(r) if &r.tenant == tenant => mine.extend(self.deks.pop_front()),
+                _ if self.deks.is_empty() && !self.deks_done => {}
+                _ => break,
+            }
+        }
+        let mine = Arc::new(mine);
+        self.current = Some((tenant.clone(), Arc::clone(&mine)));
+        Ok(mine)
+    }
+
+    /// The next chunk, or `None` when every secret has been visited.
+    pub(crate) async fn next(&mut self, inner: &Inner) -> Result<Option<Chunk>, Error> {
+        self.refill_secrets(inner).await?;
+        let Some(tenant) = self.secrets.front().map(|r| r.metadata.tenant.clone()) else {
+            return Ok(None);
+        };
+        let mut secrets = Vec::new();
+        while secrets.len() < self.page {
+            match self.secrets.front() {
+                Some(r) if r.metadata.tenant == tenant => secrets.extend(self.secrets.pop_front()),
+                None if !self.secrets_done => self.refill_secrets(inner).await?,
+                _ => break,
+            }
+        }
+        let deks = self.deks_of(inner, &tenant).await?;
+        Ok(Some(Chunk {
+            tenant,
+            deks,
+            secrets,
+        }))
+    }
+}
+
+/// One secret to move, with the keys to move it with.
+struct Move {
+    record: SecretRecord,
+    old: Arc<CachedDek>,
+}
+
+impl Inner {
+    /// Counts the secrets not under their tenant's newest active version.
+    pub(crate) async fn count_pending(&self, page: usize) -> Result<u64, Error> {
+        let mut cursor = TenantCursor::new(page);
+        let mut total = 0;
+        while let Some(chunk) = cursor.next(self).await? {
+            if let Some(target) = chunk.target().map(|r| r.version) {
+                total += chunk
+                    .secrets
+                    .iter()
+                    .filter(|r| r.metadata.dek_version != target)
+                    .count() as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
+    /// round. Each round reserves its encryptions for all its tenants in one batch, then
+    /// writes all its rows in one batch of conditional writes.
+    pub(crate) async fn sweep_all(
+        &self,
+        page: usize,
+        report: &mut ReencryptReport,
+        conflicted: &mut BTreeSet<TenantId>,
+        tick: &mut (dyn FnMut(&ReencryptReport) + Send),
+    ) -> Result<(), Error> {
+        let mut cursor = TenantCursor::new(page);
+        let mut round: Vec<(Chunk, Vec<Move>)> = Vec::new();
+        let mut pending = 0;
+        loop {
+            let next = cursor.next(self).await?;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                let moves = self.plan(&chunk, report).await?;
+                pending += moves.len();
+                if !moves.is_empty() {
+                    round.push((chunk, moves));
+                }
+            }
+            if pending >= page || (done && pending > 0) {
+                self.run_round(std::mem::take(&mut round), report, conflicted)
+                    .await?;
+                pending = 0;
+                tick(report);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The secrets of `chunk` to move, each with its old key (unwrapped from the scanned
+    /// record, so no per-tenant read).
+    async fn plan(&self, chunk: &Chunk, report: &mut ReencryptReport) -> Result<Vec<Move>, Error> {
+        let Some(target) = chunk.target().map(|r| r.version) else {
+            return Ok(Vec::new());
+        };
+        let tenant = &chunk.tenant;
+        // Finish an interrupted rotation: only the newest version may stay active.
+        if chunk
+            .deks
+            .iter()
+            .filter(|r| r.state == DekState::Active)
+            .count()
+            > 1
+        {
+            self.demote_older_actives(tenant).await?;
+        }
+        let mut moves = Vec::new();
+        for record in &chunk.secrets {
+            if record.metadata.dek_version == target {
+                continue;
+            }
+            report.examined += 1;
+            let version = record.metadata.dek_version;
+            let stored = chunk.deks.iter().find(|r| r.version == version).cloned();
+            let old = match stored {
+                Some(stored) => self.key_for(tenant, stored).await,
+                None => Err(Error::KeyMissing { version }),
+            };
+            match old {
+                Ok(old) => moves.push(Move {
+                    record: record.clone(),
+                    old,
+                }),
+                Err(e) => report
+                    .failures
+                    .push(failure(tenant, &record.metadata.name, &e)),
+            }
+        }
+        Ok(moves)
+    }
+
+    async fn run_round(
+        &self,
+        round: Vec<(Chunk, Vec<Move>)>,
+        report: &mut ReencryptReport,
+        conflicted: &mut BTreeSet<TenantId>,
+    ) -> Result<(), Error> {
+        // 1. Reserve every tenant's encryptions for this round in one batch. A tenant whose
+        //    key changed since the scan, or that would pass its limit, takes the ordinary
+        //    per-write path instead (which also rolls an exhausted key).
+        let mut needed: BTreeMap<TenantId, (DekRecord, u64)> = BTreeMap::new();
+        for (chunk, moves) in &round {
+            if let Some(target) = chunk.target() {
+                let entry = needed
+                    .entry(chunk.tenant.clone())
+                    .or_insert_with(|| (target.clone(), 0));
+                entry.1 += moves.len() as u64;
+            }
+        }
+        let mut batch = Vec::new();
+        let mut order = Vec::new();
+        for (tenant, (record, n)) in &needed {
+            let max = self.config.max_encryptions(record.suite);
+            if record.encryptions_reserved.saturating_add(*n) > max {
+                continue;
+            }
+            let mut reserved = record.clone();
+            reserved.encryptions_reserved += n;
+            reserved.updated_at = Timestamp::now();
+            batch.push((reserved, PutMode::Update(record.row_version)));
+            order.push(tenant.clone());
+        }
+        let mut granted = BTreeSet::new();
+        for (tenant, result) in order.into_iter().zip(self.store.put_deks(batch).await?) {
+            if result.is_ok() {
+                granted.insert(tenant);
+            }
+        }
+        // 2. Re-seal every row, then write them all in one batch.
+        let mut writes = Vec::new();
+        for (chunk, moves) in round {
+            let tenant = &chunk.tenant;
+            let Some(target) = chunk.target().cloned() else {
+                continue;
+            };
+            let new = if granted.contains(tenant) {
+                let version = target.version;
+                Some((self.key_for(tenant, target).await?, version))
+            } else {
+                None
+            };
+            for m in moves {
+                let name = m.record.metadata.name.clone();
+                match self.reseal(tenant, m, new.as_ref()).await {
+                    Ok(write) => writes.push(write),
+                    Err(e) => report.failures.push(failure(tenant, &name, &e)),
+                }
+            }
+        }
+        let tenants: Vec<TenantId> = writes
+            .iter()
+            .map(|(r, _): &(SecretRecord, PutMode)| r.metadata.tenant.clone())
+            .collect();
+        for (tenant, result) in tenants
+            .into_iter()
+            .zip(self.store.put_secrets(writes).await?)
+        {
+            if result.is_ok() {
+                report.reencrypted += 1;
+            } else {
+                // A concurrent write won; its value stands.
+                report.skipped_concurrent_write += 1;
+                conflicted.insert(tenant);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-seals one row under `new` (whose encryptions were reserved in batch) or, without
+    /// it, under the tenant's active key through the ordinary reservation path.
+    async fn reseal(
+        &self,
+        tenant: &TenantId,
+        m: Move,
+        new: Option<&(Arc<CachedDek>, DekVersion)>,
+    ) -> Result<(SecretRecord, PutMode), Error> {
+        let Move { mut record, old } = m;
+        let expected = record.metadata.row_version;
+        let name = record.metadata.name.clone();
+        let parsed = EnvelopeRef::parse(&record.envelope)?;
+        let (kind, suite, version) = (parsed.kind(), parsed.suite(), parsed.dek_version());
+        if record.metadata.kind != kind || record.metadata.dek_version != version {
+            return Err(FormatError::InvalidField(
+                Structure::Record,
+                "metadata disagrees with envelope",
+            )
+            .into());
+        }
+        if old.suite != suite {
+            return Err(Error::Decryption);
+        }
+        let (cipher, new_suite, new_version) = if let Some((new, version)) = new {
+            (Arc::clone(new), new.suite, *version)
+        } else {
+            let active = self.reserve_encryption(tenant).await?;
+            (Arc::clone(&active.dek), active.dek.suite, active.version)
+        };
+        let ctx = SecretContext {
+            tenant,
+            name: &name,
+        };
+        let sealed =
+            envelope::with_plaintext(&old.cipher, &mut record.envelope, ctx, |plaintext| {
+                envelope::seal_plaintext(
+                    &cipher.cipher,
+                    new_suite,
+                    kind,
+                    new_version,
+                    ctx,
+                    plaintext,
+                )
+            })?;
+        record.metadata.dek_version = new_version;
+        record.envelope = sealed;
+        Ok((record, PutMode::Update(expected)))
+    }
+}
+
+fn failure(tenant: &TenantId, name: &SecretName, e: &Error) -> JobFailure {
+    JobFailure {
+        tenant: tenant.clone(),
+        name: Some(name.clone()),
+        dek_version: None,
+        kind: e.kind(),
+    }
+}
