@@ -382,6 +382,47 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         }
     }
 
+    /// Secret counts per (tenant, data-key version) over all tenants, ordered by (tenant,
+    /// version), strictly after `after`, at most `limit` groups: how a sweep sizes its work
+    /// without reading any envelope.
+    ///
+    /// Tenants without data-key records may be left out. The default implementation
+    /// combines [`Store::list_tenants`] and [`Store::count_secrets_by_version`]; SQL
+    /// backends answer with one grouped query per page.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn count_secrets_by_tenant_version(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, DekVersion, u64)>, Error> {
+        let mut out = Vec::new();
+        if let Some((tenant, version)) = after {
+            for (v, n) in self.count_secrets_by_version(tenant).await? {
+                if v > version && out.len() < limit {
+                    out.push((tenant.clone(), v, n));
+                }
+            }
+        }
+        let mut cursor = after.map(|(t, _)| t.clone());
+        while out.len() < limit {
+            let tenants = self.list_tenants(cursor.as_ref(), 100).await?;
+            for tenant in &tenants {
+                for (v, n) in self.count_secrets_by_version(tenant).await? {
+                    if out.len() < limit {
+                        out.push((tenant.clone(), v, n));
+                    }
+                }
+            }
+            if tenants.len() < 100 {
+                break;
+            }
+            cursor = tenants.last().cloned();
+        }
+        Ok(out)
+    }
+
     /// How many live (not destroyed) data keys each master key wraps, over all tenants.
     ///
     /// The default implementation pages through [`Store::scan_deks`]; SQL backends answer

@@ -826,6 +826,51 @@ pub async fn scanning_secrets_visits_each_record_once_in_order(store: Arc<dyn St
     assert_eq!(ours, expected);
 }
 
+pub async fn grouped_counts_page_through_every_tenant_and_version(store: Arc<dyn Store>) {
+    let mine: BTreeSet<TenantId> = (0..4).map(|i| unique_tenant(&format!("gc{i}"))).collect();
+    let mut expected = Vec::new();
+    for (i, t) in mine.iter().enumerate() {
+        store
+            .put_dek(dek_record(t, 1, 1), PutMode::Create)
+            .await
+            .unwrap();
+        for v in 1..=3u32 {
+            let count = (i as u32 + v) % 3;
+            for j in 0..count {
+                let mut r = secret_record(t, &name(&format!("v{v}-{j}")), vec![1]);
+                r.metadata.dek_version = DekVersion::new(v).unwrap();
+                store.put_secret(r, PutMode::Create).await.unwrap();
+            }
+            if count > 0 {
+                expected.push((t.clone(), DekVersion::new(v).unwrap(), u64::from(count)));
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<(TenantId, DekVersion)> = None;
+    loop {
+        let page = store
+            .count_secrets_by_tenant_version(after.as_ref().map(|(t, v)| (t, *v)), 2)
+            .await
+            .unwrap();
+        seen.extend(page.iter().cloned());
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().map(|(t, v, _)| (t.clone(), *v));
+    }
+    assert!(
+        seen.windows(2)
+            .all(|w| (&w[0].0, w[0].1) < (&w[1].0, w[1].1)),
+        "ascending, no duplicates"
+    );
+    let ours: Vec<_> = seen
+        .into_iter()
+        .filter(|(t, _, _)| mine.contains(t))
+        .collect();
+    assert_eq!(ours, expected);
+}
+
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
@@ -853,6 +898,7 @@ macro_rules! store_conformance_tests {
             batched_writes_apply_each_condition_separately,
             scanning_deks_visits_each_record_once_in_order,
             scanning_secrets_visits_each_record_once_in_order,
+            grouped_counts_page_through_every_tenant_and_version,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -793,6 +793,41 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_secrets_by_tenant_version(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        n: usize,
+    ) -> Result<Vec<(TenantId, DekVersion, u64)>, Error> {
+        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT tenant, dek_version, COUNT(*) FROM credvault_secrets WHERE (tenant, dek_version) > (?, ?)
+             GROUP BY tenant, dek_version ORDER BY tenant, dek_version LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(version)
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let bad = |field| {
+            Error::Format(crate::FormatError::InvalidField(
+                crate::Structure::Record,
+                field,
+            ))
+        };
+        rows.into_iter()
+            .map(|(t, v, c)| {
+                let tenant = TenantId::new(&t).map_err(|_| bad("tenant"))?;
+                let version = u32::try_from(v)
+                    .ok()
+                    .and_then(DekVersion::new)
+                    .ok_or_else(|| bad("DEK version"))?;
+                let count = u64::try_from(c).map_err(|_| bad("count"))?;
+                Ok((tenant, version, count))
+            })
+            .collect()
+    }
+
     async fn count_deks_by_master_key(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT master_key_id, COUNT(*) FROM credvault_deks WHERE state <> 3 GROUP BY master_key_id",

@@ -139,20 +139,33 @@ struct Move {
 }
 
 impl Inner {
-    /// Counts the secrets not under their tenant's newest active version.
+    /// Counts the secrets not under their tenant's newest active version, from grouped
+    /// counts and the data-key scan: no envelope is read.
     pub(crate) async fn count_pending(&self, page: usize) -> Result<u64, Error> {
-        let mut cursor = TenantCursor::new(page);
+        let mut keys = TenantCursor::new(page);
         let mut total = 0;
-        while let Some(chunk) = cursor.next(self).await? {
-            if let Some(target) = chunk.target().map(|r| r.version) {
-                total += chunk
-                    .secrets
+        let mut after: Option<(TenantId, DekVersion)> = None;
+        loop {
+            let groups = self
+                .store
+                .count_secrets_by_tenant_version(after.as_ref().map(|(t, v)| (t, *v)), page)
+                .await?;
+            for (tenant, version, count) in &groups {
+                let deks = keys.deks_of(self, tenant).await?;
+                let target = deks
                     .iter()
-                    .filter(|r| r.metadata.dek_version != target)
-                    .count() as u64;
+                    .filter(|r| r.state == DekState::Active)
+                    .map(|r| r.version)
+                    .max();
+                if target.is_some_and(|t| t != *version) {
+                    total += count;
+                }
             }
+            if groups.len() < page {
+                return Ok(total);
+            }
+            after = groups.last().map(|(t, v, _)| (t.clone(), *v));
         }
-        Ok(total)
     }
 
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
