@@ -127,7 +127,9 @@ impl SecretCipher {
                 CipherImpl::Aes(LessSafeKey::new(unbound))
             }
             Suite::XChaCha20Poly1305 => {
-                CipherImpl::XChaCha(XChaCha20Poly1305::new(&(*bytes).into()))
+                // The key array passed to the cipher is wiped when this scope ends.
+                let key = zeroize::Zeroizing::new(*bytes);
+                CipherImpl::XChaCha(XChaCha20Poly1305::new((&*key).into()))
             }
         };
         Ok(Self { imp })
