@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::jobs::{JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport};
+use super::sweep::Move;
 use super::{Inner, Vault};
-use crate::envelope::{self, EnvelopeRef, SecretContext};
-use crate::error::{Error, FormatError, Structure};
+use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, SecretName, TenantId};
 use crate::keys::{MasterKeyRing, WrapContext};
 use crate::storage::{DekRecord, DekState, PutMode, SecretRecord, Timestamp};
@@ -421,9 +421,8 @@ impl Inner {
                         continue;
                     }
                     report.examined += 1;
-                    let expected = record.metadata.row_version;
                     match self.resealed(tenant, record).await {
-                        Ok(new) => writes.push((new, PutMode::Update(expected))),
+                        Ok(write) => writes.push(write),
                         Err((name, e)) => {
                             report.failures.push(JobFailure {
                                 tenant: tenant.clone(),
@@ -456,55 +455,24 @@ impl Inner {
         Ok(())
     }
 
-    /// `record` re-sealed under the tenant's active data key. On failure, the secret's name
-    /// and the error.
+    /// `record` re-sealed under the tenant's active data key, as a conditional write. On
+    /// failure, the secret's name and the error.
     async fn resealed(
         &self,
         tenant: &TenantId,
-        mut record: SecretRecord,
-    ) -> Result<SecretRecord, (SecretName, Error)> {
+        record: SecretRecord,
+    ) -> Result<(SecretRecord, PutMode), (SecretName, Error)> {
         let name = record.metadata.name.clone();
-        let fail = |e: Error| (name.clone(), e);
-        let parsed = EnvelopeRef::parse(&record.envelope).map_err(|e| fail(e.into()))?;
-        let version = parsed.dek_version();
-        if record.metadata.kind != parsed.kind() || record.metadata.dek_version != version {
-            return Err(fail(
-                FormatError::InvalidField(Structure::Record, "metadata disagrees with envelope")
-                    .into(),
-            ));
-        }
-        let (kind, suite) = (parsed.kind(), parsed.suite());
+        let version = record.metadata.dek_version;
         let old = self
             .deks
             .get_or_load(tenant, version, || {
                 self.unwrap_record(tenant, version, None)
             })
             .await
-            .map_err(fail)?;
-        if old.suite != suite {
-            return Err(fail(Error::Decryption));
-        }
-        let ctx = SecretContext {
-            tenant,
-            name: &name,
-        };
-        let active = self.reserve_encryption(tenant).await.map_err(fail)?;
-        // Decrypt in the row's own buffer and seal straight from it; the plaintext is
-        // zeroized as soon as it has been sealed again.
-        let sealed =
-            envelope::with_plaintext(&old.cipher, &mut record.envelope, ctx, |plaintext| {
-                envelope::seal_plaintext(
-                    &active.dek.cipher,
-                    active.dek.suite,
-                    kind,
-                    active.version,
-                    ctx,
-                    plaintext,
-                )
-            })
-            .map_err(fail)?;
-        record.metadata.dek_version = active.version;
-        record.envelope = sealed;
-        Ok(record)
+            .map_err(|e| (name.clone(), e))?;
+        self.reseal(tenant, Move { record, old }, None)
+            .await
+            .map_err(|e| (name, e))
     }
 }

@@ -133,9 +133,9 @@ impl TenantCursor {
 }
 
 /// One secret to move, with the keys to move it with.
-struct Move {
-    record: SecretRecord,
-    old: Arc<CachedDek>,
+pub(crate) struct Move {
+    pub(crate) record: SecretRecord,
+    pub(crate) old: Arc<CachedDek>,
 }
 
 impl Inner {
@@ -324,7 +324,7 @@ impl Inner {
 
     /// Re-seals one row under `new` (whose encryptions were reserved in batch) or, without
     /// it, under the tenant's active key through the ordinary reservation path.
-    async fn reseal(
+    pub(crate) async fn reseal(
         &self,
         tenant: &TenantId,
         m: Move,
