@@ -221,12 +221,18 @@ pub(crate) fn os_random(out: &mut [u8]) -> Result<(), Error> {
 /// First 8 bytes of HMAC-SHA256(key, [`MASTER_KEY_ID_LABEL`]): a stable, non-reversible
 /// fingerprint used to name local master keys.
 pub(crate) fn key_fingerprint(key: &[u8; 32]) -> [u8; 8] {
-    let mac = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
-        MASTER_KEY_ID_LABEL,
-    );
+    let mac = hmac_sha256(key, MASTER_KEY_ID_LABEL);
     let mut out = [0u8; 8];
-    out.copy_from_slice(mac.as_ref().get(..8).unwrap_or(&[0; 8]));
+    out.copy_from_slice(mac.get(..8).unwrap_or(&[0; 8]));
+    out
+}
+
+/// HMAC-SHA256 under a 256-bit key: the MAC behind [`key_fingerprint`], separate so that
+/// the Wycheproof vectors can be run through it (`tests/wycheproof.rs`).
+pub(crate) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(mac.as_ref().get(..32).unwrap_or(&[0; 32]));
     out
 }
 

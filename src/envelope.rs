@@ -194,7 +194,8 @@ pub(crate) fn seal<S: Secret>(
     seal_with_nonce(cipher, suite, dek_version, ctx, secret, nonce)
 }
 
-/// [`seal`] with a caller-chosen nonce; only `seal` and the format's worked example use it.
+/// [`seal`] with a caller-chosen nonce; only `seal`, the format's worked example and the
+/// golden vectors (`credvault::testkit`) use it.
 pub(crate) fn seal_with_nonce<S: Secret>(
     cipher: &SecretCipher,
     suite: Suite,
@@ -230,6 +231,20 @@ pub(crate) fn seal_plaintext(
     let mut nonce = [0u8; 24];
     let nonce = nonce.get_mut(..suite.nonce_len()).unwrap_or_default();
     random_nonce(nonce);
+    seal_plaintext_with_nonce(cipher, suite, kind, dek_version, ctx, plaintext, nonce)
+}
+
+/// [`seal_plaintext`] with a caller-chosen nonce; only `seal_plaintext` and the golden
+/// vectors (`credvault::testkit`) use it.
+pub(crate) fn seal_plaintext_with_nonce(
+    cipher: &SecretCipher,
+    suite: Suite,
+    kind: SecretKind,
+    dek_version: DekVersion,
+    ctx: SecretContext<'_>,
+    plaintext: &[u8],
+    nonce: &[u8],
+) -> Result<Vec<u8>, Error> {
     let header = header(suite, kind, dek_version);
     seal_encoded(cipher, suite, &header, ctx, nonce, plaintext.len(), |out| {
         out.extend_from_slice(plaintext);

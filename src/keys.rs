@@ -18,6 +18,8 @@ use zeroize::Zeroize;
 pub(crate) use cache::{CachedDek, DekCache};
 pub use keyring::MasterKeyRing;
 pub use local::LocalMasterKey;
+#[cfg(feature = "testkit")]
+pub(crate) use local::LocalWrappedRef;
 
 use crate::codec::put_lp32;
 use crate::crypto::{DEK_WRAP_LABEL, Suite, os_random};

@@ -46,6 +46,9 @@ mod ids;
 pub mod keys;
 pub mod secret;
 pub mod storage;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit;
 mod vault;
 #[cfg(test)]
 mod worked_example;
