@@ -13,17 +13,58 @@
 //! [`SecretKind`] that is recorded in the envelope and authenticated, so reading an
 //! `ApiKey` record as an `OAuthToken` fails with [`crate::Error::KindMismatch`].
 //!
-//! ```compile_fail
+//! None of the three handles can be formatted with `Display` (so not with `to_string()`
+//! or `{}` either) or cloned; each of these fails to compile:
+//!
+//! ```compile_fail,E0277
 //! // No Display: a secret cannot be formatted into a log line by accident.
 //! let key = credvault::ApiKey::new("sk_live_123");
 //! let _ = format!("{key}");
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! // No Clone: a secret is not copied around.
 //! let key = credvault::ApiKey::new("sk_live_123");
 //! let _copy = key.clone();
 //! ```
+//!
+//! ```compile_fail,E0277
+//! let token = credvault::OAuthToken::new("ya29.access");
+//! let _ = format!("{token}");
+//! ```
+//!
+//! ```compile_fail,E0599
+//! let token = credvault::OAuthToken::new("ya29.access");
+//! let _copy = token.clone();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! let blob = credvault::SecretBytes::from_slice(b"secret");
+//! let _ = format!("{blob}");
+//! ```
+//!
+//! ```compile_fail,E0599
+//! let blob = credvault::SecretBytes::from_slice(b"secret");
+//! let _copy = blob.clone();
+//! ```
+//!
+//! The same handles with `Debug` compile, and print no secret (so each block above fails
+//! for the one reason it names; stable rustdoc does not check the error codes):
+//!
+//! ```
+//! let key = credvault::ApiKey::new("sk_live_123");
+//! let token = credvault::OAuthToken::new("ya29.access");
+//! let blob = credvault::SecretBytes::from_slice(b"secret");
+//! let printed = format!("{key:?} {token:?} {blob:?}");
+//! assert!(!printed.contains("sk_live") && !printed.contains("ya29") && !printed.contains("secret\""));
+//! ```
+//!
+//! **No `Serialize`.** credvault does not depend on `serde`, and by Rust's orphan rule a
+//! crate can implement a foreign trait only for a crate it depends on: no `Serialize` (or
+//! `Deserialize`) impl for these types can exist, and none can be added outside this crate.
+//! `tests/secret_handles.rs` fails if `serde` ever becomes a dependency, so that adding it
+//! means revisiting this promise. (A compile-fail test would need `serde` as a dependency
+//! of the test, which it is not.)
 
 mod api_key;
 mod bytes;
