@@ -24,8 +24,8 @@ use std::time::Duration;
 use common::*;
 use credvault::storage::{CrashPoint, DekState, FaultyStore, Store};
 use credvault::{
-    ApiKey, DekVersion, Error, JobOptions, LocalMasterKey, MasterKeyProvider, MasterKeyRing,
-    MemoryStore, Vault,
+    ApiKey, DekVersion, Error, ErrorKind, JobOptions, LocalMasterKey, MasterKeyProvider,
+    MasterKeyRing, MemoryStore, Vault,
 };
 
 type Expected = BTreeMap<(String, String), String>;
@@ -329,4 +329,50 @@ async fn reencrypt_all_survives_a_crash_at_every_write() {
     )
     .await;
     assert_clean(&tally);
+}
+
+/// A store that fails in the middle of a re-encryption sweep stops the sweep with the
+/// storage error: the job never returns `Ok` with the secrets it could not reach listed as
+/// per-secret failures, as if they were damaged (found by the `vault_model` fuzz target).
+#[tokio::test]
+async fn reencryption_interrupted_by_a_store_failure_returns_the_storage_error() {
+    for all_tenants in [false, true] {
+        for k in 1.. {
+            let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            seed(&inner).await;
+            for t in ["globex", "initech"] {
+                vault_over(&inner)
+                    .rotate_tenant_key(&tenant(t))
+                    .await
+                    .unwrap();
+            }
+            let faulty = Arc::new(FaultyStore::new(
+                Arc::clone(&inner),
+                k,
+                CrashPoint::BeforeWrite,
+            ));
+            // One encryption per reservation: every re-seal writes, so a crash can land there.
+            let vault = Vault::builder_with_store(faulty.clone(), ring())
+                .with_reservation_block(1)
+                .build()
+                .unwrap();
+            let options = JobOptions::default().with_batch_size(2);
+            let result = if all_tenants {
+                vault.reencrypt_all(&options, |_| {}).await
+            } else {
+                vault.reencrypt_tenant(&tenant("acme"), &options).await
+            };
+            if !faulty.crashed() {
+                let report = result.unwrap();
+                assert!(report.failures.is_empty(), "{report:?}");
+                break;
+            }
+            match result {
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "k={k}"),
+                Ok(report) => panic!(
+                    "k={k}, all tenants {all_tenants}: the sweep reported success over a failed store: {report:?}"
+                ),
+            }
+        }
+    }
 }

@@ -27,6 +27,14 @@ impl JobOptions {
     }
 }
 
+/// Whether `e`, met while processing one item, stops the whole job instead of being
+/// reported as that item's failure: a store that fails or cannot be reached says nothing
+/// about the item, and the job is resumable, so it returns the error for the caller to
+/// run it again.
+pub(crate) fn stops_the_job(e: &crate::Error) -> bool {
+    matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Storage)
+}
+
 /// How far a running job has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

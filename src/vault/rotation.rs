@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::jobs::{JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport};
+use super::jobs::{JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport, stops_the_job};
 use super::sweep::Move;
 use super::{Inner, Vault};
 use crate::error::Error;
@@ -423,6 +423,7 @@ impl Inner {
                     report.examined += 1;
                     match self.resealed(tenant, record).await {
                         Ok(write) => writes.push(write),
+                        Err((_, e)) if stops_the_job(&e) => return Err(e),
                         Err((name, e)) => {
                             report.failures.push(JobFailure {
                                 tenant: tenant.clone(),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::Inner;
-use super::jobs::{JobFailure, ReencryptReport};
+use super::jobs::{JobFailure, ReencryptReport, stops_the_job};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, SecretName, TenantId};
@@ -299,6 +299,7 @@ impl Inner {
                 let name = m.record.metadata.name.clone();
                 match self.reseal(tenant, m, new.as_ref()).await {
                     Ok(write) => writes.push(write),
+                    Err(e) if stops_the_job(&e) => return Err(e),
                     Err(e) => report.failures.push(failure(tenant, &name, &e)),
                 }
             }
