@@ -16,8 +16,8 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 mod faulty;
 mod memory;
-#[cfg(feature = "sqlite")]
-mod rows;
+#[cfg(any(feature = "sqlite", feature = "fuzzing"))]
+pub(crate) mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
