@@ -63,6 +63,10 @@ pub use ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 pub use keys::{LocalMasterKey, MasterKeyProvider, MasterKeyRing};
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use secret::{ApiKey, OAuthToken, Secret, SecretBytes, SecretKind};
+#[cfg(feature = "postgres")]
+pub use storage::PostgresStore;
+#[cfg(feature = "redis")]
+pub use storage::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use storage::SqliteStore;
 pub use storage::{MemoryStore, SecretMetadata};

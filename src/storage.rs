@@ -16,7 +16,16 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 mod faulty;
 mod memory;
-#[cfg(any(feature = "sqlite", feature = "fuzzing"))]
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "fuzzing"
+))]
 pub(crate) mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -30,6 +39,10 @@ use async_trait::async_trait;
 #[cfg(any(test, feature = "conformance"))]
 pub use faulty::{CrashPoint, FaultyStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "redis")]
+pub use redis::{EvictionPolicyCheck, RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};
 

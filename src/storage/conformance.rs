@@ -746,6 +746,12 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
     assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
 }
 
+/// A batch with nothing in it succeeds and writes nothing.
+pub async fn empty_batches_are_no_ops(store: Arc<dyn Store>) {
+    assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
+    assert!(store.put_deks(Vec::new()).await.unwrap().is_empty());
+}
+
 pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store>) {
     let mine: BTreeSet<TenantId> = (0..7).map(|i| unique_tenant(&format!("scan{i}"))).collect();
     for t in &mine {
@@ -896,6 +902,7 @@ macro_rules! store_conformance_tests {
             delete_dek_honours_the_expected_version,
             listing_secrets_not_under_a_version_returns_whole_records,
             batched_writes_apply_each_condition_separately,
+            empty_batches_are_no_ops,
             scanning_deks_visits_each_record_once_in_order,
             scanning_secrets_visits_each_record_once_in_order,
             grouped_counts_page_through_every_tenant_and_version,

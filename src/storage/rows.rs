@@ -143,3 +143,71 @@ pub(crate) fn secret_record(meta: MetaRow, envelope: Vec<u8>) -> Result<SecretRe
         envelope,
     })
 }
+
+/// Reading the flat columns out of a SQL result row, for every sqlx backend: the column
+/// order is that of the `dek_columns!` / `meta_columns!` lists of each backend.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql {
+    use sqlx::{ColumnIndex, Decode, Row, Type};
+
+    use super::{DekRow, MetaRow};
+
+    /// The data-key columns, in `dek_columns!` order.
+    pub(crate) fn dek_row<R>(row: &R) -> Result<DekRow, sqlx::Error>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        Ok(DekRow {
+            tenant: row.try_get(0)?,
+            version: row.try_get(1)?,
+            state: row.try_get(2)?,
+            suite: row.try_get(3)?,
+            master_key_id: row.try_get(4)?,
+            wrapped: row.try_get(5)?,
+            encryptions_reserved: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
+            row_version: row.try_get(9)?,
+        })
+    }
+
+    /// The secret metadata columns, in `meta_columns!` order.
+    pub(crate) fn meta_row<R>(row: &R) -> Result<MetaRow, sqlx::Error>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        Ok(MetaRow {
+            tenant: row.try_get(0)?,
+            name: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            dek_version: row.try_get(3)?,
+            created_at: row.try_get(4)?,
+            updated_at: row.try_get(5)?,
+            row_version: row.try_get(6)?,
+        })
+    }
+
+    /// The bounded envelope column (index 7, after the metadata columns): `NULL` stands for
+    /// an envelope longer than any credvault writes, which is refused unread.
+    pub(crate) fn envelope<R>(row: &R) -> Result<Result<Vec<u8>, crate::Error>, sqlx::Error>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        for<'r> Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
+    {
+        let envelope: Option<Vec<u8>> = row.try_get(7)?;
+        Ok(envelope.ok_or(super::bad("envelope longer than any credvault writes")))
+    }
+}
+
+/// The longest envelope credvault writes: the largest plaintext limit plus 64 bytes of
+/// framing. A stored envelope longer than this was not written by credvault and is refused
+/// before it is loaded.
+pub(crate) const MAX_STORED_ENVELOPE: usize = crate::vault::MAX_SECRET_SIZE_LIMIT + 64;

@@ -23,7 +23,9 @@ pub(crate) fn ring() -> MasterKeyRing {
     MasterKeyRing::new(master())
 }
 
-/// One vault per backend, each over a fresh store.
+/// One fresh, empty store per backend: memory, SQLite, and the server backends whose URL
+/// is configured (each in a namespace of its own: a new PostgreSQL schema, a new Redis key
+/// prefix).
 pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
     let mut out = vec![("memory", Arc::new(MemoryStore::new()) as Arc<dyn Store>)];
     #[cfg(feature = "sqlite")]
@@ -31,7 +33,94 @@ pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
         "sqlite",
         Arc::new(credvault::SqliteStore::open_in_memory().await.unwrap()) as Arc<dyn Store>,
     ));
+    #[cfg(feature = "postgres")]
+    if let Some(store) = servers::fresh_postgres().await {
+        out.push(("postgres", store as Arc<dyn Store>));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(store) = servers::fresh_redis().await {
+        out.push(("redis", store as Arc<dyn Store>));
+    }
     out
+}
+
+/// The server backends, configured by environment variables.
+///
+/// `CREDVAULT_TEST_POSTGRES_URL` and `CREDVAULT_TEST_REDIS_URL` name the servers. Without
+/// them a server test is skipped with a message on stderr, unless
+/// `CREDVAULT_REQUIRE_SERVICES=1`, under which a missing variable fails the test.
+pub(crate) mod servers {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// The URL in `var`, or `None` (after saying so) when the test should be skipped.
+    pub(crate) fn url(var: &str) -> Option<String> {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                assert!(
+                    std::env::var("CREDVAULT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "{var} is not set, and CREDVAULT_REQUIRE_SERVICES=1 requires it"
+                );
+                eprintln!("SKIPPED: {var} is not set, so this server test did not run");
+                None
+            }
+        }
+    }
+
+    /// A name no other test process or earlier run uses: `<pid>_<time>_<counter>`.
+    pub(crate) fn unique_suffix() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "{}_{:x}_{}",
+            std::process::id(),
+            nanos,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A PostgreSQL store in a new schema `cvtest_...` (`.ci/run` drops them).
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn fresh_postgres() -> Option<Arc<credvault::PostgresStore>> {
+        let url = url("CREDVAULT_TEST_POSTGRES_URL")?;
+        Some(Arc::new(
+            postgres_in(&url, &format!("cvtest_{}", unique_suffix())).await,
+        ))
+    }
+
+    /// A PostgreSQL store in `schema`, created if missing.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn postgres_in(url: &str, schema: &str) -> credvault::PostgresStore {
+        let options = credvault::storage::PostgresOptions::new()
+            .with_schema(schema)
+            .with_max_connections(8);
+        credvault::PostgresStore::connect_with(url, options)
+            .await
+            .unwrap()
+    }
+
+    /// A Redis store under a new key prefix `cvtest:...` (`.ci/run` deletes them).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn fresh_redis() -> Option<Arc<credvault::RedisStore>> {
+        let url = url("CREDVAULT_TEST_REDIS_URL")?;
+        Some(Arc::new(
+            redis_under(&url, &format!("cvtest:{}", unique_suffix())).await,
+        ))
+    }
+
+    /// A Redis store under `prefix`.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn redis_under(url: &str, prefix: &str) -> credvault::RedisStore {
+        let options = credvault::storage::RedisOptions::new().with_prefix(prefix);
+        credvault::RedisStore::connect_with(url, options)
+            .await
+            .unwrap()
+    }
 }
 
 pub(crate) fn vault_over(store: &Arc<dyn Store>) -> Vault {

@@ -1,0 +1,129 @@
+//! The Lua scripts of [`RedisStore`](super::RedisStore). Each runs atomically on the
+//! server: a conditional write checks the stored row version and writes the record and its
+//! index entries in one step; a read returns a consistent page in one round trip.
+//!
+//! Replies of the write scripts: a positive integer is the new row version; `-1` means the
+//! record exists (a create lost); `-2` means the row version did not match (an update or a
+//! conditional delete lost); `0` (deletes only) means there was nothing to delete.
+//!
+//! Every key a script touches shares the store's `{prefix}` hash tag, so all of them live
+//! in one hash slot.
+
+/// Writes a secret record. KEYS: record hash, secrets index. ARGV: mode (`c` create, `u`
+/// update, `s` upsert), expected row version, index member, kind, DEK version, envelope,
+/// created at, updated at.
+pub(super) const PUT_SECRET: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'r')
+local mode = ARGV[1]
+if mode == 'c' then
+  if cur then return -1 end
+elseif mode == 'u' then
+  if cur ~= ARGV[2] then return -2 end
+end
+if cur then
+  redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'u', ARGV[8])
+  return redis.call('HINCRBY', KEYS[1], 'r', 1)
+end
+redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'c', ARGV[7], 'u', ARGV[8], 'r', 1)
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+return 1
+";
+
+/// Deletes a secret record. KEYS: record hash, secrets index. ARGV: expected row version
+/// (empty for none), index member.
+pub(super) const DELETE_SECRET: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'r')
+if not cur then return 0 end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return -2 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Writes a data-key record. KEYS: record hash, data-key index, tenant index. ARGV: mode,
+/// expected row version, index member, tenant, state, suite, master key id, wrapped key,
+/// encryptions reserved, created at, updated at.
+pub(super) const PUT_DEK: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'r')
+local mode = ARGV[1]
+if mode == 'c' then
+  if cur then return -1 end
+elseif mode == 'u' then
+  if cur ~= ARGV[2] then return -2 end
+end
+if cur then
+  redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'u', ARGV[11])
+  return redis.call('HINCRBY', KEYS[1], 'r', 1)
+end
+redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 'r', 1)
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+return 1
+";
+
+/// Deletes a data-key record, and the tenant from the tenant index when it was the
+/// tenant's last one. KEYS: record hash, data-key index, tenant index. ARGV: expected row
+/// version (empty for none), index member, tenant, the tenant's index range (low, high).
+pub(super) const DELETE_DEK: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'r')
+if not cur then return 0 end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return -2 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if #redis.call('ZRANGEBYLEX', KEYS[2], ARGV[4], ARGV[5], 'LIMIT', 0, 1) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+return 1
+";
+
+/// Reads a page of records through an index, in index (byte) order. KEYS: the index.
+/// ARGV: low and high range bounds (`ZRANGEBYLEX` syntax), the most records to return,
+/// the record-key prefix, the record shape (`meta`, `whole` or `dek`), the longest
+/// envelope or wrapped key to return, a DEK version to skip (`''` for none), the most index
+/// entries to examine.
+///
+/// Reply: `{last, exhausted, records}`, where `last` is the last index entry examined (or
+/// `false`), `exhausted` is 1 when the range has no entries after `last`, and each record is
+/// `{member, field...}`. A field longer than the bound is replaced by the integer `0`.
+pub(super) const READ_PAGE: &str = r"
+local examine = tonumber(ARGV[8])
+local want = tonumber(ARGV[3])
+local bound = tonumber(ARGV[6])
+local shape = ARGV[5]
+local skip = ARGV[7]
+local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, examine)
+local out = {}
+local last = false
+local examined = 0
+for _, m in ipairs(members) do
+  if #out >= want then break end
+  last = m
+  examined = examined + 1
+  local sep = string.find(m, '\0', 1, true)
+  if sep then
+    local key = ARGV[4] .. string.sub(m, 1, sep - 1) .. ':' .. string.sub(m, sep + 1)
+    if shape == 'dek' then
+      local f = redis.call('HMGET', key, 'st', 'su', 'm', 'n', 'c', 'u', 'r')
+      if f[7] then
+        local w = 0
+        if redis.call('HSTRLEN', key, 'w') <= bound then w = redis.call('HGET', key, 'w') end
+        out[#out + 1] = {m, f[1], f[2], f[3], w, f[4], f[5], f[6], f[7]}
+      end
+    else
+      local f = redis.call('HMGET', key, 'k', 'v', 'c', 'u', 'r')
+      if f[5] and (skip == '' or f[2] ~= skip) then
+        if shape == 'whole' then
+          local e = 0
+          if redis.call('HSTRLEN', key, 'e') <= bound then e = redis.call('HGET', key, 'e') end
+          out[#out + 1] = {m, f[1], f[2], f[3], f[4], f[5], e}
+        else
+          out[#out + 1] = {m, f[1], f[2], f[3], f[4], f[5]}
+        end
+      end
+    end
+  end
+end
+local exhausted = 0
+if examined == #members and #members < examine then exhausted = 1 end
+return {last, exhausted, out}
+";

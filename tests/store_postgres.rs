@@ -1,0 +1,157 @@
+//! `PostgresStore` against a real server (`CREDVAULT_TEST_POSTGRES_URL`): the conformance
+//! suite, concurrent migrations, rows edited in the database, and configuration checks.
+#![cfg(feature = "postgres")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
+)]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use common::servers;
+use credvault::storage::PostgresOptions;
+use credvault::{ErrorKind, PostgresStore};
+
+/// One schema for the whole conformance run of this process (the checks use unique
+/// tenants, so they share it; every test also runs the migration, concurrently).
+fn schema() -> &'static str {
+    static SCHEMA: OnceLock<String> = OnceLock::new();
+    SCHEMA.get_or_init(|| format!("cvtest_{}", servers::unique_suffix()))
+}
+
+async fn shared() -> Option<Arc<PostgresStore>> {
+    let url = servers::url("CREDVAULT_TEST_POSTGRES_URL")?;
+    Some(Arc::new(servers::postgres_in(&url, schema()).await))
+}
+
+credvault::store_conformance_tests!(shared());
+
+/// Sixteen instances opening one new schema at once all succeed, and the schema is
+/// created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_instances_migrate_one_schema_at_once() {
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("cvtest_{}", servers::unique_suffix());
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (url, schema) = (url.clone(), schema.clone());
+        tasks.push(tokio::spawn(async move {
+            let options = PostgresOptions::new()
+                .with_schema(schema)
+                .with_max_connections(1);
+            PostgresStore::connect_with(&url, options).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let store = servers::postgres_in(&url, &schema).await;
+    let version: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM \"{schema}\".credvault_schema"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(version, 1);
+}
+
+/// A table prefix keeps two stores in one schema apart.
+#[tokio::test]
+async fn table_prefixes_keep_stores_apart() {
+    use credvault::storage::{PutMode, Store, conformance};
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("cvtest_{}", servers::unique_suffix());
+    let open = |prefix: &'static str| {
+        let (url, schema) = (url.clone(), schema.clone());
+        async move {
+            PostgresStore::connect_with(
+                &url,
+                PostgresOptions::new()
+                    .with_schema(schema)
+                    .with_table_prefix(prefix),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (a, b) = (open("app_a_").await, open("app_b_").await);
+    let t = conformance::unique_tenant("prefix");
+    a.put_dek(conformance::dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(a.list_deks(&t).await.unwrap().len(), 1);
+    assert!(b.list_deks(&t).await.unwrap().is_empty());
+}
+
+/// A schema name or prefix outside the identifier alphabet is a configuration error, not
+/// SQL.
+#[tokio::test]
+async fn names_that_could_inject_sql_are_refused() {
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    for schema in ["public\"; DROP TABLE x; --", "Upper", ""] {
+        let err = PostgresStore::connect_with(&url, PostgresOptions::new().with_schema(schema))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+}
+
+/// Without migrations, a store over an empty schema refuses to open; a database written
+/// by a newer schema version is refused too.
+#[tokio::test]
+async fn missing_or_newer_schemas_are_refused() {
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("cvtest_{}", servers::unique_suffix());
+    let store = servers::postgres_in(&url, &schema).await;
+    let err = PostgresStore::connect_with(
+        &url,
+        PostgresOptions::new()
+            .with_schema(format!("{schema}_none"))
+            .with_migrations(false),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".credvault_schema SET version = 99"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let err = PostgresStore::connect_with(&url, PostgresOptions::new().with_schema(schema))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+/// An unreachable server is `Unavailable`, and the error does not quote the URL (which
+/// may hold a password).
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_and_the_url_stays_secret() {
+    let url = "postgres://user:hunter2-password@127.0.0.1:1/db";
+    let err = PostgresStore::connect_with(
+        url,
+        PostgresOptions::new().with_acquire_timeout(std::time::Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+}

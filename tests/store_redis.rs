@@ -1,0 +1,193 @@
+//! `RedisStore` against a real server (`CREDVAULT_TEST_REDIS_URL`): the conformance suite,
+//! the key layout, the eviction-policy check, and configuration errors.
+#![cfg(feature = "redis")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    clippy::print_stdout,
+    reason = "test code: failing loudly is the point"
+)]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use common::servers;
+use credvault::storage::{EvictionPolicyCheck, PutMode, RedisOptions, Store, conformance};
+use credvault::{ErrorKind, RedisStore, SecretName};
+
+/// One prefix for the conformance run of this process (the checks use unique tenants).
+fn prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| format!("cvtest:{}", servers::unique_suffix()))
+}
+
+async fn shared() -> Option<Arc<RedisStore>> {
+    let url = servers::url("CREDVAULT_TEST_REDIS_URL")?;
+    Some(Arc::new(servers::redis_under(&url, prefix()).await))
+}
+
+credvault::store_conformance_tests!(shared());
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every key the store writes starts with its hash-tagged prefix, and a secret's key holds
+/// its tenant and name literally.
+#[tokio::test]
+async fn keys_stay_under_the_prefix_in_one_hash_slot() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("cvtest:{}", servers::unique_suffix());
+    let store = servers::redis_under(&url, &prefix).await;
+    let t = conformance::unique_tenant("layout");
+    let n = SecretName::new("a/b:c@d").unwrap();
+    store
+        .put_dek(conformance::dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_secret(
+            conformance::secret_record(&t, &n, vec![1, 2]),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let mut conn = raw(&url).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let root = format!("{{{prefix}}}:");
+    assert_eq!(
+        keys,
+        vec![
+            format!("{root}d:{t}:0000000001"),
+            format!("{root}deks"),
+            format!("{root}s:{t}:a/b:c@d"),
+            format!("{root}secrets"),
+            format!("{root}tenants"),
+        ]
+    );
+}
+
+/// Two prefixes on one server are two independent stores.
+#[tokio::test]
+async fn prefixes_keep_stores_apart() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let a = servers::redis_under(&url, &format!("cvtest:{}", servers::unique_suffix())).await;
+    let b = servers::redis_under(&url, &format!("cvtest:{}", servers::unique_suffix())).await;
+    let t = conformance::unique_tenant("apart");
+    a.put_dek(conformance::dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(a.list_tenants(None, 10).await.unwrap(), vec![t.clone()]);
+    assert!(b.list_tenants(None, 10).await.unwrap().is_empty());
+    assert!(b.list_deks(&t).await.unwrap().is_empty());
+}
+
+/// An `allkeys-*` eviction policy is refused by default, logged under `Warn`, and a safe
+/// policy opens.
+#[tokio::test]
+async fn an_eviction_policy_that_could_drop_keys_is_refused() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut conn = raw(&url).await;
+    let before: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let set = |policy: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    let prefix = format!("cvtest:{}", servers::unique_suffix());
+    let options = || RedisOptions::new().with_prefix(prefix.clone());
+    set("allkeys-lru").await;
+    let refused = RedisStore::connect_with(&url, options()).await;
+    let warned = RedisStore::connect_with(
+        &url,
+        options().with_eviction_policy_check(EvictionPolicyCheck::Warn),
+    )
+    .await;
+    set("volatile-lru").await;
+    let volatile = RedisStore::connect_with(&url, options()).await;
+    // Restore the server's policy before asserting anything.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(&before[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::Config);
+    warned.unwrap();
+    volatile.unwrap();
+}
+
+/// `with_required_aof(true)` refuses a server without AOF (the test server runs without
+/// persistence).
+#[tokio::test]
+async fn required_aof_is_enforced() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut conn = raw(&url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let result = RedisStore::connect_with(&url, RedisOptions::new().with_required_aof(true)).await;
+    if info.contains("aof_enabled:1") {
+        result.unwrap();
+    } else {
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::Config);
+    }
+}
+
+/// A bad prefix or URL is a configuration error; an unreachable server is `Unavailable`;
+/// neither quotes the URL.
+#[tokio::test]
+async fn configuration_errors_and_unreachable_servers() {
+    let err = RedisStore::connect_with(
+        "redis://127.0.0.1:6379",
+        RedisOptions::new().with_prefix("a{b}"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let err = RedisStore::connect("not a url hunter2").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    let err = RedisStore::connect("redis://:hunter2@127.0.0.1:1/")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+}
