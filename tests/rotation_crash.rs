@@ -3,6 +3,9 @@
 //! with the write lost or applied-but-unacknowledged. After each crash, a fresh vault over
 //! the same store (the restarted process) must read every committed secret, and must finish
 //! the job when it runs it again.
+//!
+//! Every sweep runs on the memory store and, when their URLs are configured, on PostgreSQL
+//! and Redis (a fresh schema or key prefix per crash point).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -39,6 +42,21 @@ fn rotated_ring() -> MasterKeyRing {
     MasterKeyRing::new(key_b())
         .with_decrypt_only(master())
         .unwrap()
+}
+
+/// The backends a crash sweep runs on.
+const BACKENDS: [&str; 3] = ["memory", "postgres", "redis"];
+
+/// A fresh, empty store of `backend`, or `None` when that server is not configured.
+async fn fresh(backend: &str) -> Option<Arc<dyn Store>> {
+    match backend {
+        "memory" => Some(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "postgres")]
+        "postgres" => Some(servers::fresh_postgres().await? as Arc<dyn Store>),
+        #[cfg(feature = "redis")]
+        "redis" => Some(servers::fresh_redis().await? as Arc<dyn Store>),
+        _ => None,
+    }
 }
 
 async fn seed(store: &Arc<dyn Store>) -> Expected {
@@ -88,6 +106,7 @@ struct Tally {
     crash_points: u64,
     unreadable: u64,
     unfinished: u64,
+    backends: Vec<&'static str>,
 }
 
 /// Runs `job` against a store that crashes at write k, for k = 1, 2, ... until the job
@@ -104,38 +123,49 @@ where
     F: for<'a> Fn(&'a Arc<dyn Store>, &'a Expected) -> BoxFut<'a, bool>,
 {
     let mut tally = Tally::default();
-    for point in [CrashPoint::BeforeWrite, CrashPoint::AfterWrite] {
-        for k in 1.. {
-            let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let expected = seed(&inner).await;
-            let faulty = Arc::new(FaultyStore::new(Arc::clone(&inner), k, point));
-            let crashing = Vault::builder_with_store(faulty.clone(), ring())
-                .build()
-                .unwrap();
-            let result = job(&crashing).await;
-            if !faulty.crashed() {
-                result.unwrap_or_else(|e| panic!("{label}: job failed without a crash: {e}"));
-                assert!(
-                    finished(&inner, &expected).await,
-                    "{label}: uninterrupted job did not finish"
-                );
-                break;
-            }
-            tally.crash_points += 1;
-            let restarted = Vault::builder_with_store(Arc::clone(&inner), ring())
-                .build()
-                .unwrap();
-            tally.unreadable += unreadable(&restarted, &expected, skip_tenant).await;
-            let resumed = job(&restarted).await;
-            if resumed.is_err() || !finished(&inner, &expected).await {
-                tally.unfinished += 1;
-            }
-            tally.unreadable += unreadable(&restarted, &expected, skip_tenant).await;
+    for backend in BACKENDS {
+        if fresh(backend).await.is_none() {
+            continue;
         }
+        for point in [CrashPoint::BeforeWrite, CrashPoint::AfterWrite] {
+            for k in 1.. {
+                let inner = fresh(backend).await.unwrap();
+                let expected = seed(&inner).await;
+                let faulty = Arc::new(FaultyStore::new(Arc::clone(&inner), k, point));
+                let crashing = Vault::builder_with_store(faulty.clone(), ring())
+                    .build()
+                    .unwrap();
+                let result = job(&crashing).await;
+                if !faulty.crashed() {
+                    result.unwrap_or_else(|e| {
+                        panic!("{label}[{backend}]: job failed without a crash: {e}")
+                    });
+                    assert!(
+                        finished(&inner, &expected).await,
+                        "{label}[{backend}]: uninterrupted job did not finish"
+                    );
+                    break;
+                }
+                tally.crash_points += 1;
+                let restarted = Vault::builder_with_store(Arc::clone(&inner), ring())
+                    .build()
+                    .unwrap();
+                tally.unreadable += unreadable(&restarted, &expected, skip_tenant).await;
+                let resumed = job(&restarted).await;
+                if resumed.is_err() || !finished(&inner, &expected).await {
+                    tally.unfinished += 1;
+                }
+                tally.unreadable += unreadable(&restarted, &expected, skip_tenant).await;
+            }
+        }
+        tally.backends.push(backend);
     }
     println!(
-        "crash[{label}]: {} crash points tried, {} secrets unreadable, {} jobs unfinished on resume",
-        tally.crash_points, tally.unreadable, tally.unfinished
+        "crash[{label}] on {}: {} crash points tried, {} secrets unreadable, {} jobs unfinished on resume",
+        tally.backends.join("+"),
+        tally.crash_points,
+        tally.unreadable,
+        tally.unfinished
     );
     tally
 }
@@ -253,38 +283,43 @@ async fn tenant_deletion_survives_a_crash_at_every_write() {
 /// later, and never readable with a freshly minted key.
 #[tokio::test]
 async fn interrupted_deletion_never_leaves_a_secret_readable_after_its_key_is_destroyed() {
-    for k in 1..40 {
-        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let expected = seed(&inner).await;
-        let faulty = Arc::new(FaultyStore::new(
-            Arc::clone(&inner),
-            k,
-            CrashPoint::AfterWrite,
-        ));
-        let vault = Vault::builder_with_store(faulty.clone(), ring())
-            .build()
-            .unwrap();
-        let _ = vault.delete_tenant(&tenant("acme")).await;
-        let restarted = vault_over(&inner);
-        let destroyed: Vec<_> = inner
-            .list_deks(&tenant("acme"))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.state == DekState::Destroyed)
-            .map(|r| r.version)
-            .collect();
-        for ((t, n), _) in expected.iter().filter(|((t, _), _)| t == "acme") {
-            if let Some(row) = inner.get_secret(&tenant(t), &name(n)).await.unwrap() {
-                let readable = restarted.get::<ApiKey>(&tenant(t), &name(n)).await.is_ok();
-                assert!(
-                    !(readable && destroyed.contains(&row.metadata.dek_version)),
-                    "k={k}: {t}/{n} readable under a destroyed key"
-                );
-            }
+    for backend in BACKENDS {
+        if fresh(backend).await.is_none() {
+            continue;
         }
-        if !faulty.crashed() {
-            break;
+        for k in 1..40 {
+            let inner = fresh(backend).await.unwrap();
+            let expected = seed(&inner).await;
+            let faulty = Arc::new(FaultyStore::new(
+                Arc::clone(&inner),
+                k,
+                CrashPoint::AfterWrite,
+            ));
+            let vault = Vault::builder_with_store(faulty.clone(), ring())
+                .build()
+                .unwrap();
+            let _ = vault.delete_tenant(&tenant("acme")).await;
+            let restarted = vault_over(&inner);
+            let destroyed: Vec<_> = inner
+                .list_deks(&tenant("acme"))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.state == DekState::Destroyed)
+                .map(|r| r.version)
+                .collect();
+            for ((t, n), _) in expected.iter().filter(|((t, _), _)| t == "acme") {
+                if let Some(row) = inner.get_secret(&tenant(t), &name(n)).await.unwrap() {
+                    let readable = restarted.get::<ApiKey>(&tenant(t), &name(n)).await.is_ok();
+                    assert!(
+                        !(readable && destroyed.contains(&row.metadata.dek_version)),
+                        "k={k}: {t}/{n} readable under a destroyed key"
+                    );
+                }
+            }
+            if !faulty.crashed() {
+                break;
+            }
         }
     }
 }

@@ -206,3 +206,78 @@ impl Tally {
         );
     }
 }
+
+/// One database that several independently opened stores share, as several processes
+/// would: a SQLite file, and the configured servers (a fresh schema or key prefix each).
+pub(crate) struct SharedBackend {
+    pub(crate) name: &'static str,
+    _dir: Option<tempfile::TempDir>,
+    target: Target,
+}
+
+enum Target {
+    #[cfg(feature = "sqlite")]
+    Sqlite(std::path::PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres { url: String, schema: String },
+    #[cfg(feature = "redis")]
+    Redis { url: String, prefix: String },
+}
+
+impl SharedBackend {
+    /// A new store over the shared database, with its own pool or connection.
+    pub(crate) async fn open(&self) -> Arc<dyn Store> {
+        match &self.target {
+            #[cfg(feature = "sqlite")]
+            Target::Sqlite(path) => Arc::new(
+                credvault::SqliteStore::with_options(
+                    credvault::storage::SqliteOptions::file(path).with_durable_commits(false),
+                )
+                .await
+                .unwrap(),
+            ),
+            #[cfg(feature = "postgres")]
+            Target::Postgres { url, schema } => Arc::new(servers::postgres_in(url, schema).await),
+            #[cfg(feature = "redis")]
+            Target::Redis { url, prefix } => Arc::new(servers::redis_under(url, prefix).await),
+        }
+    }
+}
+
+/// Every backend that several processes can share, each in a fresh namespace.
+pub(crate) fn shared_backends() -> Vec<SharedBackend> {
+    let mut out = Vec::new();
+    #[cfg(feature = "sqlite")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        out.push(SharedBackend {
+            name: "sqlite",
+            _dir: Some(dir),
+            target: Target::Sqlite(path),
+        });
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") {
+        out.push(SharedBackend {
+            name: "postgres",
+            _dir: None,
+            target: Target::Postgres {
+                url,
+                schema: format!("cvtest_{}", servers::unique_suffix()),
+            },
+        });
+    }
+    #[cfg(feature = "redis")]
+    if let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") {
+        out.push(SharedBackend {
+            name: "redis",
+            _dir: None,
+            target: Target::Redis {
+                url,
+                prefix: format!("cvtest:{}", servers::unique_suffix()),
+            },
+        });
+    }
+    out
+}
