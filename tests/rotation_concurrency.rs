@@ -9,6 +9,7 @@
     clippy::panic,
     clippy::indexing_slicing,
     clippy::too_many_lines,
+    clippy::print_stdout,
     reason = "test code: failing loudly is the point"
 )]
 
