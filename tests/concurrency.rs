@@ -298,7 +298,7 @@ async fn tenant_deletion_concurrent_with_writers_leaves_nothing_behind() {
         vaults[0].create_tenant(&kept).await.unwrap();
         let writer = vaults[1].clone();
         let (g, k) = (gone.clone(), kept.clone());
-        let writes = tokio::spawn(async move {
+        let writer_task = tokio::spawn(async move {
             let mut kept_written = Vec::new();
             for i in 0..60 {
                 let n = name(&format!("s{i}"));
@@ -314,7 +314,7 @@ async fn tenant_deletion_concurrent_with_writers_leaves_nothing_behind() {
         });
         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
         let first = vaults[0].delete_tenant(&gone).await.unwrap();
-        let kept_written = writes.await.unwrap();
+        let kept_written = writer_task.await.unwrap();
         let second = vaults[0].delete_tenant(&gone).await.unwrap();
         assert!(
             store.list_deks(&gone).await.unwrap().is_empty(),

@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
-use super::rows::{DekRow, MetaRow, secret_record, to_sql_u64};
+use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
 use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
@@ -73,13 +73,12 @@ macro_rules! bounded_envelope {
     };
 }
 
+// The literal in `bounded_envelope!` is the shared bound.
+const _: () = assert!(super::rows::MAX_STORED_ENVELOPE == 16_777_280);
+
 /// Reads the bounded envelope column (index 7).
 fn envelope_column(row: &SqliteRow) -> Result<Vec<u8>, Error> {
-    let envelope: Option<Vec<u8>> = row.try_get(7).map_err(map_err)?;
-    envelope.ok_or(Error::Format(crate::FormatError::InvalidField(
-        crate::Structure::Record,
-        "envelope longer than any credvault writes",
-    )))
+    columns::envelope(row).map_err(map_err)?
 }
 
 macro_rules! meta_columns {
@@ -309,31 +308,11 @@ fn map_err(e: sqlx::Error) -> Error {
 }
 
 fn dek_row(row: &SqliteRow) -> Result<DekRecord, Error> {
-    DekRow {
-        tenant: row.try_get(0).map_err(map_err)?,
-        version: row.try_get(1).map_err(map_err)?,
-        state: row.try_get(2).map_err(map_err)?,
-        suite: row.try_get(3).map_err(map_err)?,
-        master_key_id: row.try_get(4).map_err(map_err)?,
-        wrapped: row.try_get(5).map_err(map_err)?,
-        encryptions_reserved: row.try_get(6).map_err(map_err)?,
-        created_at: row.try_get(7).map_err(map_err)?,
-        updated_at: row.try_get(8).map_err(map_err)?,
-        row_version: row.try_get(9).map_err(map_err)?,
-    }
-    .into_record()
+    columns::dek_row(row).map_err(map_err)?.into_record()
 }
 
 fn meta_row(row: &SqliteRow) -> Result<MetaRow, Error> {
-    Ok(MetaRow {
-        tenant: row.try_get(0).map_err(map_err)?,
-        name: row.try_get(1).map_err(map_err)?,
-        kind: row.try_get(2).map_err(map_err)?,
-        dek_version: row.try_get(3).map_err(map_err)?,
-        created_at: row.try_get(4).map_err(map_err)?,
-        updated_at: row.try_get(5).map_err(map_err)?,
-        row_version: row.try_get(6).map_err(map_err)?,
-    })
+    columns::meta_row(row).map_err(map_err)
 }
 
 fn limit(n: usize) -> i64 {

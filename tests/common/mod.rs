@@ -50,6 +50,7 @@ pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
 /// them a server test is skipped with a message on stderr, unless
 /// `CREDVAULT_REQUIRE_SERVICES=1`, under which a missing variable fails the test.
 pub(crate) mod servers {
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{SystemTime, UNIX_EPOCH};
