@@ -155,3 +155,87 @@ async fn an_unreachable_server_is_unavailable_and_the_url_stays_secret() {
     let text = format!("{err} {err:?}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Rows edited directly in the database — copied to another tenant, a bit flipped,
+/// truncated, a column set out of range, an oversized envelope — fail to open with the
+/// documented error kind, and nothing panics.
+#[tokio::test]
+async fn rows_edited_in_the_database_fail_to_open() {
+    use credvault::ApiKey;
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("cvtest_{}", servers::unique_suffix());
+    let store = Arc::new(servers::postgres_in(&url, &schema).await);
+    let vault = common::vault_over(&(store.clone() as Arc<dyn credvault::storage::Store>));
+    let (a, b) = (common::tenant("alpha"), common::tenant("beta"));
+    vault.create_tenant(&a).await.unwrap();
+    vault.create_tenant(&b).await.unwrap();
+    for n in ["copied-from", "flip", "cut", "kind", "version", "huge"] {
+        vault
+            .put(&a, &common::name(n), &ApiKey::new(format!("secret-{n}")))
+            .await
+            .unwrap();
+    }
+    let secrets = format!("\"{schema}\".credvault_secrets");
+    let edits = [
+        format!(
+            "INSERT INTO {secrets} SELECT 'beta', 'copied', kind, dek_version, envelope, created_at, updated_at, 1
+             FROM {secrets} WHERE tenant = 'alpha' AND name = 'copied-from'"
+        ),
+        format!(
+            "UPDATE {secrets} SET envelope = set_byte(envelope, 40, get_byte(envelope, 40) # 1)
+             WHERE tenant = 'alpha' AND name = 'flip'"
+        ),
+        format!(
+            "UPDATE {secrets} SET envelope = substring(envelope from 1 for 20)
+             WHERE tenant = 'alpha' AND name = 'cut'"
+        ),
+        format!("UPDATE {secrets} SET kind = 99 WHERE tenant = 'alpha' AND name = 'kind'"),
+        format!(
+            "UPDATE {secrets} SET dek_version = -1 WHERE tenant = 'alpha' AND name = 'version'"
+        ),
+        format!(
+            "UPDATE {secrets} SET envelope = envelope || decode(repeat('00', 16777281), 'hex')
+             WHERE tenant = 'alpha' AND name = 'huge'"
+        ),
+    ];
+    for edit in edits {
+        sqlx::query(sqlx::AssertSqlSafe(edit))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let expect = [
+        (&b, "copied", ErrorKind::Decryption),
+        (&a, "flip", ErrorKind::Decryption),
+        (&a, "cut", ErrorKind::Malformed),
+        (&a, "kind", ErrorKind::Malformed),
+        (&a, "version", ErrorKind::Malformed),
+        (&a, "huge", ErrorKind::Malformed),
+    ];
+    for (t, n, kind) in expect {
+        let err = vault.get::<ApiKey>(t, &common::name(n)).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{t}/{n}: {err}");
+        assert!(
+            !format!("{err:?}").contains("secret-"),
+            "no plaintext in errors"
+        );
+    }
+    // The untouched neighbours still open.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".credvault_deks SET wrapped = substring(wrapped from 1 for 10) WHERE tenant = 'beta'"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let fresh = common::vault_over(&(store.clone() as Arc<dyn credvault::storage::Store>));
+    let err = fresh
+        .get::<ApiKey>(&b, &common::name("copied"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Decryption | ErrorKind::Malformed),
+        "a truncated wrapped key: {err}"
+    );
+}

@@ -191,3 +191,98 @@ async fn configuration_errors_and_unreachable_servers() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 }
+
+/// Records edited directly in Redis — copied to another tenant, a bit flipped, truncated,
+/// a field made invalid, the row version removed (a record with a field missing is
+/// reported, not skipped as absent), an oversized envelope — fail to open with the
+/// documented error kind, and nothing panics.
+#[tokio::test]
+async fn records_edited_in_redis_fail_to_open() {
+    use credvault::ApiKey;
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("cvtest:{}", servers::unique_suffix());
+    let store: Arc<dyn Store> = Arc::new(servers::redis_under(&url, &prefix).await);
+    let vault = common::vault_over(&store);
+    let (a, b) = (common::tenant("alpha"), common::tenant("beta"));
+    vault.create_tenant(&a).await.unwrap();
+    vault.create_tenant(&b).await.unwrap();
+    for n in ["copied-from", "flip", "cut", "kind", "gone", "huge"] {
+        vault
+            .put(&a, &common::name(n), &ApiKey::new(format!("secret-{n}")))
+            .await
+            .unwrap();
+    }
+    let root = format!("{{{prefix}}}:");
+    let key = |t: &str, n: &str| format!("{root}s:{t}:{n}");
+    let mut conn = raw(&url).await;
+    let envelope = |conn: &mut redis::aio::MultiplexedConnection, n: &'static str| {
+        let (mut conn, key) = (conn.clone(), key("alpha", n));
+        async move {
+            let e: Vec<u8> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("e")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            e
+        }
+    };
+    let shared = conn.clone();
+    let hset = |k: String, field: &'static str, value: Vec<u8>| {
+        let mut conn = shared.clone();
+        async move {
+            let _: i64 = redis::cmd("HSET")
+                .arg(k)
+                .arg(field)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    // Copy alpha/copied-from to beta/copied (record and index entry).
+    let _: i64 = redis::cmd("COPY")
+        .arg(key("alpha", "copied-from"))
+        .arg(key("beta", "copied"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{root}secrets"))
+        .arg(0)
+        .arg(b"beta\0copied".to_vec())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut flipped = envelope(&mut conn, "flip").await;
+    flipped[40] ^= 1;
+    hset(key("alpha", "flip"), "e", flipped).await;
+    let cut = envelope(&mut conn, "cut").await;
+    hset(key("alpha", "cut"), "e", cut[..20].to_vec()).await;
+    hset(key("alpha", "kind"), "k", b"abc".to_vec()).await;
+    let _: i64 = redis::cmd("HDEL")
+        .arg(key("alpha", "gone"))
+        .arg("r")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    hset(key("alpha", "huge"), "e", vec![0; 16_777_281]).await;
+    let expect = [
+        (&b, "copied", ErrorKind::Decryption),
+        (&a, "flip", ErrorKind::Decryption),
+        (&a, "cut", ErrorKind::Malformed),
+        (&a, "kind", ErrorKind::Malformed),
+        (&a, "gone", ErrorKind::Malformed),
+        (&a, "huge", ErrorKind::Malformed),
+    ];
+    for (t, n, kind) in expect {
+        let err = vault.get::<ApiKey>(t, &common::name(n)).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{t}/{n}: {err}");
+        assert!(
+            !format!("{err:?}").contains("secret-"),
+            "no plaintext in errors"
+        );
+    }
+}

@@ -91,6 +91,14 @@ local want = tonumber(ARGV[3])
 local bound = tonumber(ARGV[6])
 local shape = ARGV[5]
 local skip = ARGV[7]
+-- A record exists when any of its fields does; one with a field missing is returned (and
+-- refused as malformed by the client) rather than skipped.
+local function present(f, n)
+  for i = 1, n do
+    if f[i] then return true end
+  end
+  return false
+end
 local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, examine)
 local out = {}
 local last = false
@@ -104,14 +112,14 @@ for _, m in ipairs(members) do
     local key = ARGV[4] .. string.sub(m, 1, sep - 1) .. ':' .. string.sub(m, sep + 1)
     if shape == 'dek' then
       local f = redis.call('HMGET', key, 'st', 'su', 'm', 'n', 'c', 'u', 'r')
-      if f[7] then
+      if present(f, 7) then
         local w = 0
         if redis.call('HSTRLEN', key, 'w') <= bound then w = redis.call('HGET', key, 'w') end
         out[#out + 1] = {m, f[1], f[2], f[3], w, f[4], f[5], f[6], f[7]}
       end
     else
       local f = redis.call('HMGET', key, 'k', 'v', 'c', 'u', 'r')
-      if f[5] and (skip == '' or f[2] ~= skip) then
+      if present(f, 5) and (skip == '' or f[2] ~= skip) then
         if shape == 'whole' then
           local e = 0
           if redis.call('HSTRLEN', key, 'e') <= bound then e = redis.call('HGET', key, 'e') end
