@@ -113,7 +113,7 @@ async fn restart_run(
         .await
         .unwrap_err();
     assert_eq!(down.kind(), ErrorKind::Unavailable, "{down}");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     start();
     let back = Instant::now();
     // Wait until the writer has made progress again (at most 30 s).
