@@ -253,62 +253,11 @@ async fn postgres_restart_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_loses_no_acknowledged_write() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("redis-server is not installed");
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("credvault-redis-")
-        .tempdir()
-        .unwrap();
-    let port = free_port();
-    let pidfile = dir.path().join("redis.pid");
-    let start = || {
-        run(Command::new("redis-server")
-            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .arg("--dir")
-            .arg(dir.path())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--pidfile")
-            .arg(&pidfile));
-        // Wait until it answers.
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let Some(server) = PrivateRedis::start() else {
+        return;
     };
-    let kill = || {
-        let t0 = Instant::now();
-        let pid = loop {
-            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-                break pid.trim().to_owned();
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "no pid file");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        // SIGKILL: no shutdown, no final flush, as a crash.
-        run(Command::new("kill").args(["-9", &pid]));
-        let _ = std::fs::remove_file(&pidfile);
-    };
-    start();
-    let url = format!("redis://127.0.0.1:{port}/0");
     let store = RedisStore::connect_with(
-        &url,
+        &server.url(),
         RedisOptions::new()
             .with_required_aof(true)
             .with_response_timeout(Duration::from_secs(1))
@@ -316,6 +265,11 @@ async fn redis_restart_loses_no_acknowledged_write() {
     )
     .await
     .unwrap();
-    restart_run("redis", Arc::new(store), kill, start).await;
-    kill();
+    restart_run(
+        "redis",
+        Arc::new(store),
+        || server.kill(),
+        || server.restart(),
+    )
+    .await;
 }

@@ -101,60 +101,45 @@ async fn prefixes_keep_stores_apart() {
 }
 
 /// An `allkeys-*` eviction policy is refused by default, logged under `Warn`, and a safe
-/// policy opens.
+/// policy opens (on a private server: the shared one is never reconfigured).
 #[tokio::test]
 async fn an_eviction_policy_that_could_drop_keys_is_refused() {
-    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+    let Some(server) = common::PrivateRedis::start() else {
         return;
     };
+    let url = server.url();
     let mut conn = raw(&url).await;
-    let before: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let set = |policy: &'static str| {
-        let mut conn = conn.clone();
-        async move {
-            let () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory-policy")
-                .arg(policy)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+    let mut set = async |policy: &str| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     };
-    let prefix = format!("cvtest:{}", servers::unique_suffix());
-    let options = || RedisOptions::new().with_prefix(prefix.clone());
     set("allkeys-lru").await;
-    let refused = RedisStore::connect_with(&url, options()).await;
-    let warned = RedisStore::connect_with(
-        &url,
-        options().with_eviction_policy_check(EvictionPolicyCheck::Warn),
-    )
-    .await;
-    set("volatile-lru").await;
-    let volatile = RedisStore::connect_with(&url, options()).await;
-    // Restore the server's policy before asserting anything.
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg(&before[1])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let refused = RedisStore::connect(&url).await;
     assert_eq!(refused.unwrap_err().kind(), ErrorKind::Config);
-    warned.unwrap();
-    volatile.unwrap();
+    RedisStore::connect_with(
+        &url,
+        RedisOptions::new().with_eviction_policy_check(EvictionPolicyCheck::Warn),
+    )
+    .await
+    .unwrap();
+    set("volatile-lru").await;
+    RedisStore::connect(&url).await.unwrap();
+    set("noeviction").await;
+    RedisStore::connect(&url).await.unwrap();
 }
 
-/// `with_required_aof(true)` refuses a server without AOF (the test server runs without
-/// persistence).
+/// `with_required_aof(true)` refuses a server without AOF and accepts one with it.
 #[tokio::test]
 async fn required_aof_is_enforced() {
     let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(private) = common::PrivateRedis::start() else {
         return;
     };
     let mut conn = raw(&url).await;
@@ -163,12 +148,16 @@ async fn required_aof_is_enforced() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let result = RedisStore::connect_with(&url, RedisOptions::new().with_required_aof(true)).await;
+    let shared = RedisStore::connect_with(&url, RedisOptions::new().with_required_aof(true)).await;
     if info.contains("aof_enabled:1") {
-        result.unwrap();
+        shared.unwrap();
     } else {
-        assert_eq!(result.unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(shared.unwrap_err().kind(), ErrorKind::Config);
     }
+    // The private server runs with AOF on.
+    RedisStore::connect_with(&private.url(), RedisOptions::new().with_required_aof(true))
+        .await
+        .unwrap();
 }
 
 /// A bad prefix or URL is a configuration error; an unreachable server is `Unavailable`;

@@ -282,3 +282,112 @@ pub(crate) fn shared_backends() -> Vec<SharedBackend> {
     }
     out
 }
+
+/// A Redis server of the test's own (own port, own data directory, AOF with `appendfsync
+/// always`), for tests that reconfigure or kill the server: they must not disturb the
+/// shared one. `None` (after saying so) when `redis-server` is not installed, unless
+/// `CREDVAULT_REQUIRE_SERVICES=1`.
+#[cfg(feature = "redis")]
+pub(crate) struct PrivateRedis {
+    dir: tempfile::TempDir,
+    pub(crate) port: u16,
+}
+
+#[cfg(feature = "redis")]
+impl PrivateRedis {
+    pub(crate) fn start() -> Option<Self> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CREDVAULT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "redis-server is not installed, and CREDVAULT_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: redis-server is not installed; this test did not run");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Self {
+            dir: tempfile::Builder::new()
+                .prefix("credvault-redis-")
+                .tempdir()
+                .unwrap(),
+            port,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn pidfile(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.pid")
+    }
+
+    /// Starts the server (again) on its port and data directory, and waits until it
+    /// accepts connections.
+    pub(crate) fn restart(&self) {
+        let status = std::process::Command::new("redis-server")
+            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--pidfile")
+            .arg(self.pidfile())
+            .status()
+            .unwrap();
+        assert!(status.success(), "redis-server did not start");
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "redis did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no final flush: a crash).
+    pub(crate) fn kill(&self) {
+        let t0 = std::time::Instant::now();
+        let pid = loop {
+            if let Ok(pid) = std::fs::read_to_string(self.pidfile()) {
+                break pid.trim().to_owned();
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "no pid file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        let _ = std::fs::remove_file(self.pidfile());
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if self.pidfile().exists() {
+            self.kill();
+        }
+    }
+}
