@@ -210,4 +210,5 @@ pub(crate) mod sql {
 /// The longest envelope credvault writes: the largest plaintext limit plus 64 bytes of
 /// framing. A stored envelope longer than this was not written by credvault and is refused
 /// before it is loaded.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) const MAX_STORED_ENVELOPE: usize = crate::vault::MAX_SECRET_SIZE_LIMIT + 64;
