@@ -9,7 +9,7 @@
 //!
 //! For every backend (SQLite on a file, PostgreSQL, Redis; a server whose URL is not set is
 //! skipped with a message):
-//! - **raw**: the driver alone writes a 256 B value into one row and reads it back — an
+//! - **raw**: the driver alone writes a fresh random 256 B value into one row and reads it back — an
 //!   `INSERT .. ON CONFLICT DO UPDATE` and a `SELECT` by primary key (sqlx, same pool size
 //!   and SQLite pragmas as the store), or `HSET` and `HGET` (the same connection manager);
 //! - **vault**: `vault.put` then `vault.get` of a 256 B `SecretBytes` (sealed, bound,
@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use credvault::storage::{PostgresOptions, RedisOptions, SqliteOptions, Store};
 use credvault::{
-    LocalMasterKey, MasterKeyRing, PostgresStore, RedisStore, SecretBytes, SecretName,
-    SqliteStore, TenantId, Vault,
+    LocalMasterKey, MasterKeyRing, PostgresStore, RedisStore, SecretBytes, SecretName, SqliteStore,
+    TenantId, Vault,
 };
 
 const VALUE_LEN: usize = 256;
@@ -82,7 +82,6 @@ struct SqlSide<DB: sqlx::Database> {
     pool: sqlx::Pool<DB>,
     upsert: &'static str,
     select: &'static str,
-    value: Vec<u8>,
 }
 
 macro_rules! sql_side {
@@ -94,7 +93,7 @@ macro_rules! sql_side {
                     sqlx::query(self.upsert)
                         .bind("bench-tenant")
                         .bind(&name)
-                        .bind(self.value.clone())
+                        .bind(fresh_value())
                         .execute(&self.pool)
                         .await
                         .expect("raw write");
@@ -116,7 +115,6 @@ sql_side!(sqlx::Postgres);
 struct RedisSide {
     conn: redis::aio::ConnectionManager,
     prefix: String,
-    value: Vec<u8>,
 }
 
 impl Side for RedisSide {
@@ -127,7 +125,7 @@ impl Side for RedisSide {
             let _: i64 = redis::cmd("HSET")
                 .arg(&key)
                 .arg("e")
-                .arg(&self.value)
+                .arg(fresh_value())
                 .query_async(&mut conn)
                 .await
                 .expect("raw HSET");
@@ -140,6 +138,15 @@ impl Side for RedisSide {
             assert_eq!(got.len(), VALUE_LEN);
         })
     }
+}
+
+/// A fresh random value per raw write, as the vault writes fresh ciphertext: SQLite skips
+/// rewriting a cell whose bytes do not change, so rewriting one constant value would commit
+/// nothing and flatter the raw side.
+fn fresh_value() -> Vec<u8> {
+    let mut v = vec![0; VALUE_LEN];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut v);
+    v
 }
 
 fn value() -> Vec<u8> {
@@ -292,7 +299,6 @@ async fn sqlite() {
         pool,
         upsert: "INSERT INTO raw (tenant, name, envelope) VALUES (?, ?, ?) ON CONFLICT (tenant, name) DO UPDATE SET envelope = excluded.envelope",
         select: "SELECT envelope FROM raw WHERE tenant = ? AND name = ?",
-        value: value(),
     };
     compare(
         "sqlite",
@@ -329,7 +335,6 @@ async fn postgres(url: &str) {
         pool: pool.clone(),
         upsert: "INSERT INTO credvault_bench_raw (tenant, name, envelope) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO UPDATE SET envelope = EXCLUDED.envelope",
         select: "SELECT envelope FROM credvault_bench_raw WHERE tenant = $1 AND name = $2",
-        value: value(),
     };
     compare(
         "postgres",
@@ -362,7 +367,6 @@ async fn redis_backend(url: &str) {
     let raw = RedisSide {
         conn: conn.clone(),
         prefix: format!("{{{prefix}}}:raw"),
-        value: value(),
     };
     compare(
         "redis",

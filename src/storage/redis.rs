@@ -129,6 +129,7 @@ struct Scripts {
     put_dek: Script,
     delete_dek: Script,
     read_page: Script,
+    read_one: Script,
 }
 
 /// A [`Store`] in Redis. See the module documentation.
@@ -184,6 +185,7 @@ impl RedisStore {
                 put_dek: Script::new(scripts::PUT_DEK),
                 delete_dek: Script::new(scripts::DELETE_DEK),
                 read_page: Script::new(scripts::READ_PAGE),
+                read_one: Script::new(scripts::READ_ONE),
             }),
         };
         store.check_server(&options).await?;
@@ -551,11 +553,16 @@ impl Store for RedisStore {
         tenant: &TenantId,
         version: DekVersion,
     ) -> Result<Option<DekRecord>, Error> {
-        let member = dek_member(tenant, version);
-        let mut found = self
-            .read_deks(bound(true, &member), &bound(true, &member), 1)
-            .await?;
-        Ok(found.pop())
+        let mut cmd = evalsha(&self.scripts.read_one, 1);
+        cmd.arg(self.layout.dek_key(tenant, version))
+            .arg("dek")
+            .arg(MAX_STORED_WRAPPED_KEY)
+            .arg(dek_member(tenant, version));
+        match self.eval(&self.scripts.read_one, cmd).await? {
+            Value::Array(fields) => layout::dek_from_reply(&fields).map(Some),
+            Value::Nil => Ok(None),
+            _ => Err(malformed("record reply")),
+        }
     }
 
     async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
@@ -574,11 +581,22 @@ impl Store for RedisStore {
         tenant: &TenantId,
         name: &SecretName,
     ) -> Result<Option<SecretRecord>, Error> {
-        let member = secret_member(tenant, name);
-        let mut found = self
-            .read_secrets(bound(true, &member), &bound(true, &member), 1, None)
-            .await?;
-        Ok(found.pop())
+        let mut cmd = evalsha(&self.scripts.read_one, 1);
+        cmd.arg(self.layout.secret_key(tenant, name))
+            .arg("whole")
+            .arg(MAX_STORED_ENVELOPE)
+            .arg(secret_member(tenant, name));
+        match self.eval(&self.scripts.read_one, cmd).await? {
+            Value::Array(fields) => {
+                let (metadata, envelope) = layout::secret_from_reply(&fields, true)?;
+                Ok(Some(SecretRecord {
+                    metadata,
+                    envelope: envelope.unwrap_or_default(),
+                }))
+            }
+            Value::Nil => Ok(None),
+            _ => Err(malformed("record reply")),
+        }
     }
 
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {

@@ -135,3 +135,42 @@ local exhausted = 0
 if examined == #members and #members < examine then exhausted = 1 end
 return {last, exhausted, out}
 ";
+
+/// Reads one record by its key: the fast path of `get_secret` and `get_dek`. KEYS: the
+/// record hash. ARGV: the record shape (`whole` or `dek`), the longest envelope or wrapped
+/// key to return, the record's index member (echoed first, as in `READ_PAGE`).
+///
+/// Reply: `false` when no field of the record exists; otherwise the record in the layout of
+/// `READ_PAGE`, with a field longer than the bound replaced by the integer `0`.
+pub(super) const READ_ONE: &str = r"
+local key = KEYS[1]
+local bound = tonumber(ARGV[2])
+local f
+local n
+if ARGV[1] == 'dek' then
+  if redis.call('HSTRLEN', key, 'w') > bound then
+    f = redis.call('HMGET', key, 'st', 'su', 'm', 'n', 'c', 'u', 'r')
+    f[8] = 0
+  else
+    f = redis.call('HMGET', key, 'st', 'su', 'm', 'n', 'c', 'u', 'r', 'w')
+  end
+  n = 7
+else
+  if redis.call('HSTRLEN', key, 'e') > bound then
+    f = redis.call('HMGET', key, 'k', 'v', 'c', 'u', 'r')
+    f[6] = 0
+  else
+    f = redis.call('HMGET', key, 'k', 'v', 'c', 'u', 'r', 'e')
+  end
+  n = 5
+end
+local any = false
+for i = 1, n do
+  if f[i] then any = true end
+end
+if not any then return false end
+if ARGV[1] == 'dek' then
+  return {ARGV[3], f[1], f[2], f[3], f[8], f[4], f[5], f[6], f[7]}
+end
+return {ARGV[3], f[1], f[2], f[3], f[4], f[5], f[6]}
+";
