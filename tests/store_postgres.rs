@@ -154,6 +154,17 @@ async fn an_unreachable_server_is_unavailable_and_the_url_stays_secret() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     let text = format!("{err} {err:?}");
     assert!(!text.contains("hunter2"), "{text}");
+    // A URL that does not parse: not quoted either, even in the source chain.
+    let err = PostgresStore::connect("postgres://user:hunter2@[::1/db?sslmode=bogus")
+        .await
+        .unwrap_err();
+    let mut text = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(&format!(" {s} {s:?}"));
+        source = s.source();
+    }
+    assert!(!text.contains("hunter2"), "{text}");
 }
 
 /// Rows edited directly in the database — copied to another tenant, a bit flipped,
