@@ -161,7 +161,7 @@ async fn an_unreachable_server_is_unavailable_and_the_url_stays_secret() {
     let mut text = format!("{err} {err:?}");
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
-        text.push_str(&format!(" {s} {s:?}"));
+        text = format!("{text} {s} {s:?}");
         source = s.source();
     }
     assert!(!text.contains("hunter2"), "{text}");
