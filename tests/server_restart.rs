@@ -1,8 +1,13 @@
 //! A real server restarted in the middle of a run: a private PostgreSQL cluster and a
 //! private Redis (AOF, `appendfsync always`) are started by the test, killed without
-//! warning while a writer runs, and started again. While a server is down, operations fail
-//! with `ErrorKind::Unavailable`; after it is back they succeed without re-creating the
-//! store; and every acknowledged write is still there.
+//! warning while a writer runs (`pg_ctl -m immediate`, `kill -9`), and started again. While
+//! a server is down, operations fail with `ErrorKind::Unavailable`; after it is back they
+//! succeed without re-creating the store; and every acknowledged write is still there.
+//!
+//! This is a crash of the server *process*: the operating system's page cache survives it,
+//! so the test shows that the server recovers every acknowledged write from its log, not
+//! that the log reached the disk (that is `synchronous_commit` / `appendfsync`, documented
+//! in `docs/operations.md`).
 //!
 //! The servers are private (own data directory, own port) so that killing them disturbs no
 //! other test. The binaries come from Debian's `postgresql` and `redis-server` packages; if
@@ -223,6 +228,8 @@ async fn postgres_restart_loses_no_acknowledged_write() {
             .args(["-o", &options, "start"]));
     };
     start();
+    // Whatever happens below, the private server is stopped when the test ends.
+    let _guard = StopOnDrop(pg(&bin, "pg_ctl"), data.clone());
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let store = PostgresStore::connect_with(
         &url,
@@ -245,10 +252,21 @@ async fn postgres_restart_loses_no_acknowledged_write() {
         start,
     )
     .await;
-    run(pg(&bin, "pg_ctl")
-        .arg("-D")
-        .arg(&data)
-        .args(["-m", "fast", "stop"]));
+}
+
+/// Stops a private PostgreSQL cluster (`pg_ctl -m immediate stop`) on drop, also when the
+/// test panics.
+struct StopOnDrop(Command, PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .arg("-D")
+            .arg(&self.1)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

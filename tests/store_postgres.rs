@@ -34,8 +34,8 @@ async fn shared() -> Option<Arc<PostgresStore>> {
 
 credvault::store_conformance_tests!(shared());
 
-/// Sixteen instances opening one new schema at once all succeed, and the schema is
-/// created once.
+/// Sixteen instances opening one new schema at once (half of them with another table
+/// prefix, which migrates under another lock) all succeed, and the schema is created once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_instances_migrate_one_schema_at_once() {
     let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
@@ -43,11 +43,12 @@ async fn many_instances_migrate_one_schema_at_once() {
     };
     let schema = format!("cvtest_{}", servers::unique_suffix());
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for i in 0..16 {
         let (url, schema) = (url.clone(), schema.clone());
         tasks.push(tokio::spawn(async move {
             let options = PostgresOptions::new()
                 .with_schema(schema)
+                .with_table_prefix(if i % 2 == 0 { "credvault_" } else { "other_" })
                 .with_max_connections(1);
             PostgresStore::connect_with(&url, options).await
         }));
@@ -233,7 +234,21 @@ async fn rows_edited_in_the_database_fail_to_open() {
             "no plaintext in errors"
         );
     }
-    // The untouched neighbours still open.
+    // A wrapped key truncated in the database: a secret that opened before fails after,
+    // and the other tenant's secrets still open.
+    vault
+        .put(&b, &common::name("fine"), &ApiKey::new("secret-fine"))
+        .await
+        .unwrap();
+    let before = common::vault_over(&(store.clone() as Arc<dyn credvault::storage::Store>));
+    assert_eq!(
+        before
+            .get::<ApiKey>(&b, &common::name("fine"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        "secret-fine"
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE \"{schema}\".credvault_deks SET wrapped = substring(wrapped from 1 for 10) WHERE tenant = 'beta'"
     )))
@@ -242,11 +257,20 @@ async fn rows_edited_in_the_database_fail_to_open() {
     .unwrap();
     let fresh = common::vault_over(&(store.clone() as Arc<dyn credvault::storage::Store>));
     let err = fresh
-        .get::<ApiKey>(&b, &common::name("copied"))
+        .get::<ApiKey>(&b, &common::name("fine"))
         .await
         .unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::Decryption | ErrorKind::Malformed),
         "a truncated wrapped key: {err}"
+    );
+    assert_eq!(
+        fresh
+            .get::<ApiKey>(&a, &common::name("copied-from"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        "secret-copied-from",
+        "the other tenant is untouched"
     );
 }

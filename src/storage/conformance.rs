@@ -589,6 +589,44 @@ pub async fn racing_dek_creation_has_exactly_one_winner(store: Arc<dyn Store>) {
     assert_eq!(store.list_deks(&t).await.unwrap().len(), 1);
 }
 
+/// Eight tasks delete the same record at once, with and without the expected row version:
+/// every call succeeds, and exactly one reports that it deleted the record (a lost race is
+/// "nothing to delete", never a conflict).
+pub async fn racing_deletes_of_one_record_all_succeed_once(store: Arc<dyn Store>) {
+    let t = unique_tenant("racing-delete");
+    for round in 0..10u8 {
+        let n = name(&format!("r{round}"));
+        let version = store
+            .put_secret(secret_record(&t, &n, vec![round]), PutMode::Create)
+            .await
+            .unwrap();
+        store
+            .put_dek(dek_record(&t, u32::from(round) + 1, round), PutMode::Create)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (store, t, n) = (Arc::clone(&store), t.clone(), n.clone());
+            let expected = (i % 2 == 0).then_some(version);
+            tasks.push(tokio::spawn(async move {
+                let secret = store.delete_secret(&t, &n, expected).await.unwrap();
+                let dek = store
+                    .delete_dek(&t, DekVersion::new(u32::from(round) + 1).unwrap(), expected)
+                    .await
+                    .unwrap();
+                (secret, dek)
+            }));
+        }
+        let (mut secrets, mut deks) = (0, 0);
+        for task in tasks {
+            let (secret_deleted, dek_deleted) = task.await.unwrap();
+            secrets += usize::from(secret_deleted);
+            deks += usize::from(dek_deleted);
+        }
+        assert_eq!((secrets, deks), (1, 1), "round {round}");
+    }
+}
+
 pub async fn delete_dek_honours_the_expected_version(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-delete");
     let v1 = DekVersion::FIRST;
@@ -900,6 +938,7 @@ macro_rules! store_conformance_tests {
             concurrent_conditional_writers_lose_no_update,
             racing_dek_creation_has_exactly_one_winner,
             delete_dek_honours_the_expected_version,
+            racing_deletes_of_one_record_all_succeed_once,
             listing_secrets_not_under_a_version_returns_whole_records,
             batched_writes_apply_each_condition_separately,
             empty_batches_are_no_ops,

@@ -145,7 +145,12 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect(url)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| match e {
+                sqlx::Error::Configuration(_) => {
+                    Error::Config("the PostgreSQL URL or its options are not valid")
+                }
+                e => map_err(e),
+            })?;
         Self::open(pool, sql, options.migrate).await
     }
 
@@ -185,11 +190,14 @@ impl PostgresStore {
     /// [`Error::Unavailable`] or [`Error::Storage`].
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(self.sql.lock_key)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // Schema first, then schema + prefix: every store takes them in this order.
+        for key in [self.sql.schema_lock_key, self.sql.lock_key] {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         for statement in self.sql.bootstrap() {
             sqlx::query(statement)
                 .execute(&mut *tx)
@@ -264,10 +272,13 @@ fn map_err(e: sqlx::Error) -> Error {
             // Class 08: connection exception; 57P0x: shutting down / cannot connect now;
             // 53300: too many connections; 40001 / 40P01: serialization failure /
             // deadlock (retrying succeeds); 55P03: lock not available; 57014: cancelled
-            // (statement timeout).
+            // (statement timeout); 25006: read-only transaction (a standby after failover).
             code.starts_with("08")
                 || code.starts_with("57P")
-                || matches!(&*code, "53300" | "40001" | "40P01" | "55P03" | "57014")
+                || matches!(
+                    &*code,
+                    "53300" | "40001" | "40P01" | "55P03" | "57014" | "25006"
+                )
         }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -469,19 +480,30 @@ impl Store for PostgresStore {
         let expected = expected
             .map(|v| to_sql_u64(v.0, "row version"))
             .transpose()?;
-        // One statement: whether a row was deleted, and whether one exists that the
-        // condition kept.
-        let (deleted, kept): (bool, bool) = sqlx::query_as(self.sql.delete_secret.clone())
+        let deleted = sqlx::query(self.sql.delete_secret.clone())
             .bind(tenant.as_str())
             .bind(name.as_str())
             .bind(expected)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        // Nothing deleted: without a condition the record is simply gone (perhaps deleted
+        // by a concurrent caller). With one, a record that exists now (a fresh statement,
+        // so the latest committed state) means the condition was lost.
+        if deleted || expected.is_none() {
+            return Ok(deleted);
+        }
+        let exists: bool = sqlx::query_scalar(self.sql.secret_exists.clone())
+            .bind(tenant.as_str())
+            .bind(name.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(map_err)?;
-        if !deleted && kept {
+        if exists {
             return Err(Error::Conflict { what: "secret" });
         }
-        Ok(deleted)
+        Ok(false)
     }
 
     async fn list_secrets(
@@ -559,17 +581,27 @@ impl Store for PostgresStore {
         let expected = expected
             .map(|v| to_sql_u64(v.0, "row version"))
             .transpose()?;
-        let (deleted, kept): (bool, bool) = sqlx::query_as(self.sql.delete_dek.clone())
+        let deleted = sqlx::query(self.sql.delete_dek.clone())
             .bind(tenant.as_str())
             .bind(i64::from(version.get()))
             .bind(expected)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if deleted || expected.is_none() {
+            return Ok(deleted);
+        }
+        let exists: bool = sqlx::query_scalar(self.sql.dek_exists.clone())
+            .bind(tenant.as_str())
+            .bind(i64::from(version.get()))
             .fetch_one(&self.pool)
             .await
             .map_err(map_err)?;
-        if !deleted && kept {
+        if exists {
             return Err(Error::Conflict { what: "data key" });
         }
-        Ok(deleted)
+        Ok(false)
     }
 
     async fn list_secrets_not_under(

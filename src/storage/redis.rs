@@ -36,6 +36,9 @@ const MAX_STORED_WRAPPED_KEY: usize = 64 * 1024;
 /// long one script blocks the server.
 const MAX_PER_CALL: usize = 1000;
 const MAX_EXAMINE: usize = 4096;
+/// Envelope and wrapped-key bytes after which one read script ends its page (it always
+/// returns at least one record, so a page makes progress whatever the sizes).
+const PAGE_BYTE_BUDGET: usize = 4 << 20;
 
 /// What opening a [`RedisStore`] does when the server's `maxmemory-policy` could evict
 /// credvault's keys (an `allkeys-*` policy; `noeviction` and the `volatile-*` policies are
@@ -156,6 +159,9 @@ impl RedisStore {
     /// # Errors
     /// As [`Self::connect`].
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, Error> {
+        // Options first: a bad prefix is a configuration error whether or not a server is
+        // there.
+        Layout::new(&options.prefix)?;
         let client =
             redis::Client::open(url).map_err(|_| Error::Config("the Redis URL is not valid"))?;
         let config = ConnectionManagerConfig::new()
@@ -200,10 +206,9 @@ impl RedisStore {
 
     async fn check_server(&self, options: &RedisOptions) -> Result<(), Error> {
         if options.eviction != EvictionPolicyCheck::Skip {
-            let info = self.info("memory").await;
+            let info = passthrough_outage(self.info("memory").await)?;
             let policy = info
                 .as_deref()
-                .ok()
                 .and_then(|i| info_field(i, "maxmemory_policy"));
             let safe = policy.is_some_and(|p| p == "noeviction" || p.starts_with("volatile-"));
             if !safe {
@@ -224,12 +229,8 @@ impl RedisStore {
                 );
             }
         }
-        let info = self.info("persistence").await;
-        let aof = info
-            .as_deref()
-            .ok()
-            .and_then(|i| info_field(i, "aof_enabled"))
-            == Some("1");
+        let info = passthrough_outage(self.info("persistence").await)?;
+        let aof = info.as_deref().and_then(|i| info_field(i, "aof_enabled")) == Some("1");
         if !aof {
             if options.require_aof {
                 return Err(Error::Config(
@@ -373,7 +374,8 @@ impl RedisStore {
                 .arg(shape.as_arg())
                 .arg(bound_len)
                 .arg(&skip)
-                .arg(examine);
+                .arg(examine)
+                .arg(PAGE_BYTE_BUDGET);
             let reply = self.eval(&self.scripts.read_page, cmd).await?;
             let (last, exhausted, records) = page_reply(reply)?;
             out.extend(records);
@@ -498,7 +500,18 @@ fn write_outcome(reply: &Value, what: &'static str) -> Result<RowVersion, Error>
             .map_err(|_| malformed("row version")),
         Value::Int(-1) => Err(Error::AlreadyExists { what }),
         Value::Int(-2) => Err(Error::Conflict { what }),
+        Value::Int(-3) => Err(malformed("row version")),
         _ => Err(Error::storage(BACKEND, "unexpected script reply")),
+    }
+}
+
+/// An `INFO` reply, `None` if the server refused it (for example by ACL); an outage is
+/// passed through as itself, not mistaken for a configuration problem.
+fn passthrough_outage(info: Result<String, Error>) -> Result<Option<String>, Error> {
+    match info {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => Err(e),
+        Err(_) => Ok(None),
     }
 }
 
@@ -526,7 +539,10 @@ fn map_err(e: RedisError) -> Error {
                     | ServerErrorKind::ReadOnly
                     | ServerErrorKind::TryAgain
             )
-        );
+        )
+        // A script still running (`BUSY`), or a server out of memory under `noeviction`
+        // (`OOM`): transient.
+        || matches!(e.code(), Some("BUSY" | "OOM"));
     if transient {
         Error::unavailable(BACKEND, e)
     } else {

@@ -26,6 +26,9 @@ pub(super) struct Statements {
     pub(super) prefix: String,
     /// The advisory-lock key that serialises migrations of this schema and prefix.
     pub(super) lock_key: i64,
+    /// The advisory-lock key that serialises creating this schema (stores with other
+    /// prefixes may create it at the same time).
+    pub(super) schema_lock_key: i64,
     deks: String,
     secrets: String,
     meta: String,
@@ -37,6 +40,7 @@ pub(super) struct Statements {
     pub(super) update_dek: SqlStr,
     pub(super) upsert_dek: SqlStr,
     pub(super) delete_dek: SqlStr,
+    pub(super) dek_exists: SqlStr,
     pub(super) scan_deks: SqlStr,
     pub(super) list_tenants: SqlStr,
     pub(super) count_by_master_key: SqlStr,
@@ -45,6 +49,7 @@ pub(super) struct Statements {
     pub(super) update_secret: SqlStr,
     pub(super) upsert_secret: SqlStr,
     pub(super) delete_secret: SqlStr,
+    pub(super) secret_exists: SqlStr,
     pub(super) list_secrets: SqlStr,
     pub(super) scan_secrets: SqlStr,
     pub(super) list_secrets_not_under: SqlStr,
@@ -107,6 +112,7 @@ impl Statements {
             format!("CASE WHEN octet_length(envelope) <= {MAX_STORED_ENVELOPE} THEN envelope END");
         Ok(Self {
             lock_key: lock_key(schema, prefix),
+            schema_lock_key: lock_key(schema, ""),
             schema_version: sql(format!("SELECT version FROM {meta} WHERE id = 1")),
             set_schema_version: sql(format!(
                 "INSERT INTO {meta} (id, version) VALUES (1, $1)
@@ -137,10 +143,11 @@ impl Statements {
                  RETURNING row_version"
             )),
             delete_dek: sql(format!(
-                "WITH gone AS (DELETE FROM {deks} WHERE tenant = $1 AND version = $2
-                   AND ($3::BIGINT IS NULL OR row_version = $3) RETURNING 1)
-                 SELECT EXISTS (SELECT 1 FROM gone),
-                        EXISTS (SELECT 1 FROM {deks} WHERE tenant = $1 AND version = $2)"
+                "DELETE FROM {deks} WHERE tenant = $1 AND version = $2
+                   AND ($3::BIGINT IS NULL OR row_version = $3) RETURNING 1"
+            )),
+            dek_exists: sql(format!(
+                "SELECT EXISTS (SELECT 1 FROM {deks} WHERE tenant = $1 AND version = $2)"
             )),
             scan_deks: sql(format!(
                 "SELECT {DEK_COLUMNS} FROM {deks} WHERE (tenant, version) > ($1, $2)
@@ -175,10 +182,11 @@ impl Statements {
                  RETURNING row_version"
             )),
             delete_secret: sql(format!(
-                "WITH gone AS (DELETE FROM {secrets} WHERE tenant = $1 AND name = $2
-                   AND ($3::BIGINT IS NULL OR row_version = $3) RETURNING 1)
-                 SELECT EXISTS (SELECT 1 FROM gone),
-                        EXISTS (SELECT 1 FROM {secrets} WHERE tenant = $1 AND name = $2)"
+                "DELETE FROM {secrets} WHERE tenant = $1 AND name = $2
+                   AND ($3::BIGINT IS NULL OR row_version = $3) RETURNING 1"
+            )),
+            secret_exists: sql(format!(
+                "SELECT EXISTS (SELECT 1 FROM {secrets} WHERE tenant = $1 AND name = $2)"
             )),
             list_secrets: sql(format!(
                 "SELECT {META_COLUMNS} FROM {secrets} WHERE tenant = $1 AND name > $2

@@ -4,7 +4,9 @@
 //!
 //! Replies of the write scripts: a positive integer is the new row version; `-1` means the
 //! record exists (a create lost); `-2` means the row version did not match (an update or a
-//! conditional delete lost); `0` (deletes only) means there was nothing to delete.
+//! conditional delete lost); `0` (deletes only) means there was nothing to delete; `-3`
+//! means the stored row version is not a decimal integer (a record edited outside
+//! credvault), and nothing was written.
 //!
 //! Every key a script touches shares the store's `{prefix}` hash tag, so all of them live
 //! in one hash slot.
@@ -20,6 +22,7 @@ if mode == 'c' then
 elseif mode == 'u' then
   if cur ~= ARGV[2] then return -2 end
 end
+if cur and not string.match(cur, '^%d+$') then return -3 end
 if cur then
   redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'u', ARGV[8])
   return redis.call('HINCRBY', KEYS[1], 'r', 1)
@@ -51,6 +54,7 @@ if mode == 'c' then
 elseif mode == 'u' then
   if cur ~= ARGV[2] then return -2 end
 end
+if cur and not string.match(cur, '^%d+$') then return -3 end
 if cur then
   redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'u', ARGV[11])
   return redis.call('HINCRBY', KEYS[1], 'r', 1)
@@ -80,7 +84,8 @@ return 1
 /// ARGV: low and high range bounds (`ZRANGEBYLEX` syntax), the most records to return,
 /// the record-key prefix, the record shape (`meta`, `whole` or `dek`), the longest
 /// envelope or wrapped key to return, a DEK version to skip (`''` for none), the most index
-/// entries to examine.
+/// entries to examine, and a byte budget: the page ends (not exhausted) once the envelopes
+/// and wrapped keys in it reach it, so one reply stays small even for large secrets.
 ///
 /// Reply: `{last, exhausted, records}`, where `last` is the last index entry examined (or
 /// `false`), `exhausted` is 1 when the range has no entries after `last`, and each record is
@@ -99,12 +104,14 @@ local function present(f, n)
   end
   return false
 end
+local budget = tonumber(ARGV[9])
 local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, examine)
 local out = {}
 local last = false
 local examined = 0
+local bytes = 0
 for _, m in ipairs(members) do
-  if #out >= want then break end
+  if #out >= want or bytes >= budget then break end
   last = m
   examined = examined + 1
   local sep = string.find(m, '\0', 1, true)
@@ -114,7 +121,10 @@ for _, m in ipairs(members) do
       local f = redis.call('HMGET', key, 'st', 'su', 'm', 'n', 'c', 'u', 'r')
       if present(f, 7) then
         local w = 0
-        if redis.call('HSTRLEN', key, 'w') <= bound then w = redis.call('HGET', key, 'w') end
+        if redis.call('HSTRLEN', key, 'w') <= bound then
+          w = redis.call('HGET', key, 'w')
+          bytes = bytes + #w
+        end
         out[#out + 1] = {m, f[1], f[2], f[3], w, f[4], f[5], f[6], f[7]}
       end
     else
@@ -122,7 +132,10 @@ for _, m in ipairs(members) do
       if present(f, 5) and (skip == '' or f[2] ~= skip) then
         if shape == 'whole' then
           local e = 0
-          if redis.call('HSTRLEN', key, 'e') <= bound then e = redis.call('HGET', key, 'e') end
+          if redis.call('HSTRLEN', key, 'e') <= bound then
+            e = redis.call('HGET', key, 'e')
+            bytes = bytes + #e
+          end
           out[#out + 1] = {m, f[1], f[2], f[3], f[4], f[5], e}
         else
           out[#out + 1] = {m, f[1], f[2], f[3], f[4], f[5]}
