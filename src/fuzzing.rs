@@ -40,7 +40,9 @@ mod seeds;
 pub use formats::{envelope_open, envelope_parse, secret_plaintext, wrapped_dek_unwrap};
 pub use ids_oracle::ids;
 pub use model::{Op, vault_model};
-pub use records::{DekColumns, RecordFormat, SecretColumns, record_decode};
+pub use records::{
+    DekColumns, RecordFormat, RedisField, SecretColumns, record_decode, redis_fuzz_bytes,
+};
 pub use seeds::{Seed, seeds};
 
 /// What a fuzz function made of its input.

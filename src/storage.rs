@@ -19,7 +19,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 #[cfg(any(
     feature = "sqlite",
     feature = "postgres",

@@ -18,9 +18,11 @@ pub enum RecordFormat {
     /// `0x01`: a SQL secret row (`credvault_secrets`), decoded by `MetaRow` and
     /// `secret_record`.
     SqlSecret = 1,
-    // 0x02 is reserved for the Redis record decoder (src/storage/redis.rs). To add it:
-    // a `Redis = 2` variant here, a columns type with `Arbitrary` and `to_fuzz_bytes` like
-    // the ones below, an arm in `record_decode`, and seeds in `fuzzing/seeds.rs`.
+    /// `0x02`: a Redis record as the read scripts return it (an array of reply values:
+    /// the index member, then the hash fields), decoded by the Redis backend's
+    /// `secret_from_reply` / `dek_from_reply`. Needs feature `redis`; without it the input
+    /// is rejected unread.
+    Redis = 2,
 }
 
 /// The column values of a data-key row, as a SQL backend reads them.
@@ -205,7 +207,8 @@ pub fn record_decode(data: &[u8]) -> Outcome {
     match format {
         0 => DekColumns::arbitrary(&mut u).map_or(Outcome::Rejected, dek_row),
         1 => SecretColumns::arbitrary(&mut u).map_or(Outcome::Rejected, secret_row),
-        // 2: the Redis record decoder goes here (see `RecordFormat`).
+        #[cfg(feature = "redis")]
+        2 => redis_reply(rest),
         _ => Outcome::Rejected,
     }
 }
@@ -278,6 +281,97 @@ fn secret_row(columns: SecretColumns) -> Outcome {
                 !documented,
                 "a secret row within the documented ranges was rejected"
             );
+            assert_record_error(&e);
+            Outcome::Rejected
+        }
+    }
+}
+
+/// One value of a Redis reply, for writing [`RecordFormat::Redis`] seeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisField {
+    /// A nil reply (a missing hash field).
+    Nil,
+    /// An integer reply (`0` stands for a field longer than the read's bound).
+    Int(i64),
+    /// A bulk string.
+    Blob(Vec<u8>),
+}
+
+/// The [`record_decode`] input for a Redis reply of `shape` (0 whole secret, 1 metadata
+/// only, 2 data key) with these values, in the layout `redis_reply` reads.
+///
+/// # Panics
+/// If a blob is longer than 65,535 bytes.
+#[must_use]
+pub fn redis_fuzz_bytes(shape: u8, fields: &[RedisField]) -> Vec<u8> {
+    let mut out = vec![RecordFormat::Redis as u8, shape];
+    for field in fields {
+        match field {
+            RedisField::Nil => out.push(0),
+            RedisField::Int(n) => {
+                out.push(1);
+                put_int(&mut out, *n);
+            }
+            RedisField::Blob(b) => {
+                out.push(2);
+                put_blob(&mut out, b);
+            }
+        }
+    }
+    out
+}
+
+/// A Redis read-script reply: a shape byte (0 whole secret, 1 metadata only, 2 data key),
+/// then up to 12 values, each a tag byte (0 nil, 1 an 8-byte big-endian integer, anything
+/// else a blob with a big-endian u16 length). Whatever the values, decoding never panics,
+/// fails only with a record format error, and an accepted record names the tenant (and
+/// name) of its index member.
+#[cfg(feature = "redis")]
+fn redis_reply(data: &[u8]) -> Outcome {
+    use ::redis::Value;
+    let mut u = Unstructured::new(data);
+    let Ok(shape) = u.arbitrary::<u8>() else {
+        return Outcome::Rejected;
+    };
+    let mut fields = Vec::new();
+    while !u.is_empty() && fields.len() < 12 {
+        let value = match u.arbitrary::<u8>() {
+            Ok(0) => Value::Nil,
+            Ok(1) => match int(&mut u) {
+                Ok(n) => Value::Int(n),
+                Err(_) => break,
+            },
+            Ok(_) => match blob(&mut u) {
+                Ok(b) => Value::BulkString(b),
+                Err(_) => break,
+            },
+            Err(_) => break,
+        };
+        fields.push(value);
+    }
+    let member_tenant = match fields.first() {
+        Some(Value::BulkString(m)) => m
+            .iter()
+            .position(|&b| b == 0)
+            .and_then(|i| m.get(..i))
+            .map(<[u8]>::to_vec),
+        _ => None,
+    };
+    let decoded = match shape % 3 {
+        0 | 1 => crate::storage::redis::layout::secret_from_reply(&fields, shape % 3 == 0)
+            .map(|(meta, _)| meta.tenant),
+        _ => crate::storage::redis::layout::dek_from_reply(&fields).map(|r| r.tenant),
+    };
+    match decoded {
+        Ok(tenant) => {
+            assert!(
+                member_tenant.as_deref() == Some(tenant.as_str().as_bytes()),
+                "an accepted Redis record must belong to its index member's tenant"
+            );
+            Outcome::Accepted
+        }
+        Err(e) => {
             assert_record_error(&e);
             Outcome::Rejected
         }

@@ -270,6 +270,7 @@ fn record_seeds(out: &mut Vec<Seed>) {
         secret_with(|s| s.dek_version = i64::from(u32::MAX) + 1),
     );
     c.invalid("secret_row_version", secret_with(|s| s.row_version = -1));
+    redis_seeds(&mut c, &secret.envelope);
     c.invalid("unknown_format", vec![0x7f]);
     c.invalid("short", edit(&dek.to_fuzz_bytes(), |b| b.truncate(20)));
 }
@@ -505,4 +506,79 @@ fn model_seeds(out: &mut Vec<Seed>) {
         c.valid(label, ops.into_iter().flat_map(Op::encode).collect());
     }
     c.invalid("empty", Vec::new());
+}
+
+/// Redis replies (`RecordFormat::Redis`): valid records of each shape and one of each way
+/// a stored record can be malformed. Named `redis_*`: without feature `redis` the decoder
+/// is not built and the corpus test expects nothing of them.
+fn redis_seeds(c: &mut Corpus<'_>, envelope: &[u8]) {
+    use super::records::{RedisField as F, redis_fuzz_bytes};
+    let text = |s: &str| F::Blob(s.as_bytes().to_vec());
+    let mut member = fixture::TENANT.as_bytes().to_vec();
+    member.push(0);
+    let mut secret_member = member.clone();
+    secret_member.extend_from_slice(fixture::NAME.as_bytes());
+    let mut dek_member = member;
+    dek_member.extend_from_slice(b"0000000001");
+    let secret = vec![
+        F::Blob(secret_member.clone()),
+        text("1"),
+        text("1"),
+        text("1767225600000"),
+        text("1767225600000"),
+        text("1"),
+        F::Blob(envelope.to_vec()),
+    ];
+    let dek = vec![
+        F::Blob(dek_member),
+        text("1"),
+        text("1"),
+        text("local-0123456789abcdef"),
+        F::Blob(vec![7; 78]),
+        text("1024"),
+        text("1767225600000"),
+        text("1767225600000"),
+        text("3"),
+    ];
+    let with = |fields: &[F], at: usize, value: F| {
+        let mut f = fields.to_vec();
+        if let Some(slot) = f.get_mut(at) {
+            *slot = value;
+        }
+        f
+    };
+    c.valid("redis_secret", redis_fuzz_bytes(0, &secret));
+    c.valid(
+        "redis_secret_metadata",
+        redis_fuzz_bytes(1, secret.get(..6).unwrap_or_default()),
+    );
+    c.valid("redis_dek", redis_fuzz_bytes(2, &dek));
+    c.invalid(
+        "redis_secret_oversize",
+        redis_fuzz_bytes(0, &with(&secret, 6, F::Int(0))),
+    );
+    c.invalid(
+        "redis_secret_no_row_version",
+        redis_fuzz_bytes(0, &with(&secret, 5, F::Nil)),
+    );
+    c.invalid(
+        "redis_secret_kind_text",
+        redis_fuzz_bytes(0, &with(&secret, 1, text("abc"))),
+    );
+    c.invalid(
+        "redis_secret_signed_integer",
+        redis_fuzz_bytes(0, &with(&secret, 2, text("+1"))),
+    );
+    c.invalid(
+        "redis_member_without_separator",
+        redis_fuzz_bytes(0, &with(&secret, 0, text("tenant-name"))),
+    );
+    c.invalid(
+        "redis_dek_short_version",
+        redis_fuzz_bytes(2, &with(&dek, 0, F::Blob(b"acme\x001".to_vec()))),
+    );
+    c.invalid(
+        "redis_dek_bad_master_key_id",
+        redis_fuzz_bytes(2, &with(&dek, 3, text("a b"))),
+    );
 }

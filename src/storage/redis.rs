@@ -12,7 +12,7 @@
 //!   Redis drop data keys, which destroys every secret sealed under them. Opening a store
 //!   checks the eviction policy ([`EvictionPolicyCheck`]) and, on request, that AOF is on.
 
-mod layout;
+pub(crate) mod layout;
 mod scripts;
 
 use std::fmt;

@@ -187,7 +187,7 @@ fn split_member(v: Option<&Value>) -> Result<(&str, &str), Error> {
 
 /// Decodes a `meta` or `whole` record reply of `READ_PAGE`:
 /// `{member, kind, dek version, created, updated, row version [, envelope]}`.
-pub(super) fn secret_from_reply(
+pub(crate) fn secret_from_reply(
     fields: &[Value],
     whole: bool,
 ) -> Result<(SecretMetadata, Option<Vec<u8>>), Error> {
@@ -212,7 +212,7 @@ pub(super) fn secret_from_reply(
 
 /// Decodes a `dek` record reply of `READ_PAGE`:
 /// `{member, state, suite, master key id, wrapped, reserved, created, updated, row version}`.
-pub(super) fn dek_from_reply(fields: &[Value]) -> Result<DekRecord, Error> {
+pub(crate) fn dek_from_reply(fields: &[Value]) -> Result<DekRecord, Error> {
     let (tenant, version) = split_member(fields.first())?;
     if version.len() != 10 || !version.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad("version"));
