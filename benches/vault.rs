@@ -21,6 +21,14 @@
 //!   - `vault_put`, `vault_get`: each half alone (AES-256-GCM).
 //! - `dek_cache`: `vault.get` of a 256 B secret with a warm cache versus a fresh `Vault`
 //!   over the same store (cold cache: one data-key read and one unwrap per call).
+//! - `envelope`: per secret size and suite, `credvault::envelope` on the stored bytes of a
+//!   real record (fetched from the store after a `vault.put`):
+//!   - `parse_aes256gcm`, `parse_xchacha`: `EnvelopeRef::parse` of the valid envelope
+//!     (bounds and field checks; it borrows, allocates nothing and copies nothing).
+//!   - `encode_aes256gcm`, `encode_xchacha`: `EnvelopeRef::to_bytes` of the parsed envelope
+//!     (one allocation and the copies, checked equal to the input once before timing).
+//!   - `raw_copy_aes256gcm`, `raw_copy_xchacha`: the raw primitive: `to_vec` of the same
+//!     bytes, one allocation and one copy, the floor for `encode`.
 //! - `async_driver`: what driving a future costs, with criterion's `to_async` (one
 //!   `block_on` around the whole timing loop) versus one `Runtime::block_on` per call.
 //!
@@ -41,6 +49,7 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use credvault::envelope::EnvelopeRef;
 use credvault::storage::Store;
 use credvault::{
     LocalMasterKey, MasterKeyRing, MemoryStore, SecretBytes, SecretName, Suite, TenantId, Vault,
@@ -294,6 +303,39 @@ fn dek_cache(c: &mut Criterion) {
     group.finish();
 }
 
+fn envelope(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("envelope");
+
+    for size in SIZES {
+        for (suffix, suite) in [
+            ("aes256gcm", Suite::Aes256Gcm),
+            ("xchacha", Suite::XChaCha20Poly1305),
+        ] {
+            let (vault, tenant, name, _) = warm_vault(&rt, suite, size);
+            let bytes = rt
+                .block_on(vault.store().get_secret(&tenant, &name))
+                .expect("get record")
+                .expect("record stored")
+                .envelope;
+            group.throughput(Throughput::Bytes(bytes.len() as u64));
+            let parsed = EnvelopeRef::parse(&bytes).expect("valid envelope");
+            assert_eq!(parsed.to_bytes(), bytes, "canonical encoding");
+
+            group.bench_function(BenchmarkId::new(format!("parse_{suffix}"), size), |b| {
+                b.iter(|| EnvelopeRef::parse(black_box(&bytes)).expect("parse"));
+            });
+            group.bench_function(BenchmarkId::new(format!("encode_{suffix}"), size), |b| {
+                b.iter(|| black_box(&parsed).to_bytes());
+            });
+            group.bench_function(BenchmarkId::new(format!("raw_copy_{suffix}"), size), |b| {
+                b.iter(|| black_box(bytes.as_slice()).to_vec());
+            });
+        }
+    }
+    group.finish();
+}
+
 fn async_driver(c: &mut Criterion) {
     const SIZE: usize = 256;
     let rt = runtime();
@@ -343,6 +385,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = roundtrip, dek_cache, async_driver
+    targets = roundtrip, dek_cache, envelope, async_driver
 }
 criterion_main!(benches);
