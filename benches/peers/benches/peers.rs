@@ -221,7 +221,7 @@ fn peers(c: &mut Criterion) {
         > = envelopers::EnvelopeCipher::init(envelopers::CachingKeyWrapper::new(
             envelopers::SimpleKeyProvider::init(kek),
             envelopers::CacheOptions::default()
-                .with_max_age(Duration::from_secs(3600))
+                .with_max_age(Duration::from_hours(1))
                 .with_max_bytes(usize::MAX)
                 .with_max_messages(usize::MAX),
         ));
