@@ -274,4 +274,18 @@ async fn records_edited_in_redis_fail_to_open() {
             "no plaintext in errors"
         );
     }
+    // A row version edited to something that is not a number: a write over it is refused
+    // before anything is stored (the envelope stays what it was).
+    let before = envelope(&mut conn, "flip").await;
+    hset(key("alpha", "flip"), "r", b"abc".to_vec()).await;
+    let err = vault
+        .put(&a, &common::name("flip"), &ApiKey::new("secret-new"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
+    assert_eq!(
+        envelope(&mut conn, "flip").await,
+        before,
+        "nothing was written"
+    );
 }
