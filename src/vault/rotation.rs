@@ -245,16 +245,15 @@ impl Vault {
         P: FnMut(Progress) + Send,
     {
         let inner = &self.inner;
-        let total = inner.count_pending(options.batch_size).await?;
         let mut report = ReencryptReport::default();
         let mut conflicted = BTreeSet::new();
-        let tick = |r: &ReencryptReport| Progress {
+        let tick = |r: &ReencryptReport, total: u64| Progress {
             done: r.reencrypted + r.skipped_concurrent_write + r.failures.len() as u64,
             total,
             errors: r.failures.len() as u64,
         };
-        let mut on_round = |r: &ReencryptReport| progress(tick(r));
-        inner
+        let mut on_round = |r: &ReencryptReport, total: u64| progress(tick(r, total));
+        let total = inner
             .sweep_all(
                 options.batch_size,
                 &mut report,
@@ -266,7 +265,7 @@ impl Vault {
         // used an old version until their active-key TTL expired).
         for tenant in &conflicted {
             let mut failed = BTreeSet::new();
-            let mut on_batch = |r: &ReencryptReport| progress(tick(r));
+            let mut on_batch = |r: &ReencryptReport| progress(tick(r, total));
             match inner
                 .reencrypt_tenant_into(tenant, options, &mut report, &mut failed, &mut on_batch)
                 .await

@@ -132,6 +132,32 @@ impl TenantCursor {
     }
 }
 
+/// A prepared round: its rows re-sealed and ready to write.
+struct Round {
+    planned: Vec<(Chunk, Vec<Move>)>,
+    /// Secrets planned to move (some may have failed to re-seal).
+    moved: usize,
+    /// Whether the scan is exhausted.
+    last: bool,
+}
+
+/// What writing a round did.
+#[derive(Default)]
+struct Written {
+    reencrypted: u64,
+    skipped: u64,
+    /// Tenants where a concurrent write won.
+    conflicted: Vec<TenantId>,
+}
+
+impl Written {
+    fn add_to(self, report: &mut ReencryptReport, conflicted: &mut BTreeSet<TenantId>) {
+        report.reencrypted += self.reencrypted;
+        report.skipped_concurrent_write += self.skipped;
+        conflicted.extend(self.conflicted);
+    }
+}
+
 /// One secret to move, with the keys to move it with.
 pub(crate) struct Move {
     pub(crate) record: SecretRecord,
@@ -169,43 +195,99 @@ impl Inner {
     }
 
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
-    /// round. Each round reserves its encryptions for all its tenants in one batch, then
-    /// writes all its rows in one batch of conditional writes.
+    /// round, and returns the number of secrets it expected to move (the progress total).
+    ///
+    /// A round is first prepared (scanned and planned: reads only), then written: its
+    /// encryptions are reserved for all its tenants in one batch, its rows re-sealed and
+    /// written in one batch of conditional writes. The next round is prepared while the
+    /// current one is written, and the pending count is taken while the first round is
+    /// prepared, so the reads overlap the writes. At most two rounds are held at once.
+    /// Rows are written in the write stage only, one round after the other, as in a
+    /// sequential sweep, so crash safety is unchanged: the rows a prepared round holds are
+    /// after those of the round being written, and nothing is written from them until
+    /// that round is done.
     pub(crate) async fn sweep_all(
         &self,
         page: usize,
         report: &mut ReencryptReport,
         conflicted: &mut BTreeSet<TenantId>,
-        tick: &mut (dyn FnMut(&ReencryptReport) + Send),
-    ) -> Result<(), Error> {
+        tick: &mut (dyn FnMut(&ReencryptReport, u64) + Send),
+    ) -> Result<u64, Error> {
         let mut cursor = TenantCursor::new(page);
-        let mut round: Vec<(Chunk, Vec<Move>)> = Vec::new();
-        let mut pending = 0;
+        let (total, first) = tokio::join!(
+            self.count_pending(page),
+            self.prepare_round(&mut cursor, page, report)
+        );
+        let total = total?;
+        let mut round = first?;
         loop {
-            let next = cursor.next(self).await?;
-            let done = next.is_none();
-            if let Some(chunk) = next {
-                let moves = self.plan(&chunk, report).await?;
-                pending += moves.len();
-                if !moves.is_empty() {
-                    round.push((chunk, moves));
+            let Round {
+                planned,
+                moved,
+                last,
+            } = round;
+            if last {
+                self.write_round(planned, report)
+                    .await?
+                    .add_to(report, conflicted);
+                if moved > 0 {
+                    tick(report, total);
                 }
+                return Ok(total);
             }
-            if pending >= page || (done && pending > 0) {
-                self.run_round(std::mem::take(&mut round), report, conflicted)
-                    .await?;
-                pending = 0;
-                tick(report);
+            let mut scratch = ReencryptReport::default();
+            let (written, next) = tokio::join!(
+                self.write_round(planned, report),
+                self.prepare_round(&mut cursor, page, &mut scratch)
+            );
+            written?.add_to(report, conflicted);
+            if moved > 0 {
+                tick(report, total);
             }
-            if done {
-                return Ok(());
-            }
+            report.examined += scratch.examined;
+            report.failures.append(&mut scratch.failures);
+            round = next?;
         }
     }
 
-    /// The secrets of `chunk` to move, each with its old key (unwrapped from the scanned
-    /// record, so no per-tenant read).
-    async fn plan(&self, chunk: &Chunk, report: &mut ReencryptReport) -> Result<Vec<Move>, Error> {
+    /// Scans and plans until `page` secrets are to be moved or the scan ends. Reads only,
+    /// apart from finishing a tenant's interrupted rotation (conditional writes that demote
+    /// its older active keys).
+    async fn prepare_round(
+        &self,
+        cursor: &mut TenantCursor,
+        page: usize,
+        report: &mut ReencryptReport,
+    ) -> Result<Round, Error> {
+        let mut planned: Vec<(Chunk, Vec<Move>)> = Vec::new();
+        let mut to_move = 0;
+        let last = loop {
+            let Some(mut chunk) = cursor.next(self).await? else {
+                break true;
+            };
+            let moves = self.plan(&mut chunk, report).await?;
+            to_move += moves.len();
+            if !moves.is_empty() {
+                planned.push((chunk, moves));
+            }
+            if to_move >= page {
+                break false;
+            }
+        };
+        Ok(Round {
+            planned,
+            moved: to_move,
+            last,
+        })
+    }
+
+    /// The secrets of `chunk` to move (taken out of it), each with its old key (unwrapped
+    /// from the scanned record, so no per-tenant read).
+    async fn plan(
+        &self,
+        chunk: &mut Chunk,
+        report: &mut ReencryptReport,
+    ) -> Result<Vec<Move>, Error> {
         let Some(target) = chunk.target().map(|r| r.version) else {
             return Ok(Vec::new());
         };
@@ -221,22 +303,29 @@ impl Inner {
             self.demote_older_actives(tenant).await?;
         }
         let mut moves = Vec::new();
-        for record in &chunk.secrets {
+        // The old keys met in this chunk (usually one), so each is looked up once.
+        let mut keys: Vec<(DekVersion, Arc<CachedDek>)> = Vec::new();
+        for record in std::mem::take(&mut chunk.secrets) {
             if record.metadata.dek_version == target {
                 continue;
             }
             report.examined += 1;
             let version = record.metadata.dek_version;
-            let stored = chunk.deks.iter().find(|r| r.version == version).cloned();
-            let old = match stored {
-                Some(stored) => self.key_for(tenant, stored).await,
-                None => Err(Error::KeyMissing { version }),
+            let old = if let Some((_, key)) = keys.iter().find(|(v, _)| *v == version) {
+                Ok(Arc::clone(key))
+            } else {
+                let stored = chunk.deks.iter().find(|r| r.version == version).cloned();
+                let key = match stored {
+                    Some(stored) => self.key_for(tenant, stored).await,
+                    None => Err(Error::KeyMissing { version }),
+                };
+                if let Ok(key) = &key {
+                    keys.push((version, Arc::clone(key)));
+                }
+                key
             };
             match old {
-                Ok(old) => moves.push(Move {
-                    record: record.clone(),
-                    old,
-                }),
+                Ok(old) => moves.push(Move { record, old }),
                 Err(e) => report
                     .failures
                     .push(failure(tenant, &record.metadata.name, &e)),
@@ -245,12 +334,12 @@ impl Inner {
         Ok(moves)
     }
 
-    async fn run_round(
+    /// Reserves the encryptions of a planned round and re-seals its rows.
+    async fn seal_round(
         &self,
         round: Vec<(Chunk, Vec<Move>)>,
         report: &mut ReencryptReport,
-        conflicted: &mut BTreeSet<TenantId>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<(SecretRecord, PutMode)>, Error> {
         // 1. Reserve every tenant's encryptions for this round in one batch. A tenant whose
         //    key changed since the scan, or that would pass its limit, takes the ordinary
         //    per-write path instead (which also rolls an exhausted key).
@@ -304,23 +393,38 @@ impl Inner {
                 }
             }
         }
+        Ok(writes)
+    }
+
+    /// Reserves, re-seals and writes a planned round, its rows in one batch of conditional
+    /// writes.
+    async fn write_round(
+        &self,
+        planned: Vec<(Chunk, Vec<Move>)>,
+        report: &mut ReencryptReport,
+    ) -> Result<Written, Error> {
+        let mut written = Written::default();
+        if planned.is_empty() {
+            return Ok(written);
+        }
+        let writes = self.seal_round(planned, report).await?;
         let tenants: Vec<TenantId> = writes
             .iter()
-            .map(|(r, _): &(SecretRecord, PutMode)| r.metadata.tenant.clone())
+            .map(|(r, _)| r.metadata.tenant.clone())
             .collect();
         for (tenant, result) in tenants
             .into_iter()
             .zip(self.store.put_secrets(writes).await?)
         {
             if result.is_ok() {
-                report.reencrypted += 1;
+                written.reencrypted += 1;
             } else {
                 // A concurrent write won; its value stands.
-                report.skipped_concurrent_write += 1;
-                conflicted.insert(tenant);
+                written.skipped += 1;
+                written.conflicted.push(tenant);
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Re-seals one row under `new` (whose encryptions were reserved in batch) or, without
