@@ -6,7 +6,13 @@
 //! ```text
 //! cargo bench --bench rotation                 # criterion groups: rewrap, reencrypt
 //! cargo bench --bench rotation -- --rss        # peak RSS of a re-encryption, 10k vs 100k secrets (1,000 tenants)
+//! cargo bench --bench rotation -- --paired     # raw and job alternating, 5 pairs each, ratio per pair
 //! ```
+//!
+//! Criterion runs every sample of the raw rate before the first sample of the job, so on a
+//! shared machine a change of load between the two shifts the ratio. `--paired` measures
+//! the raw rate and the job alternately on the same store, one pair after the other, and
+//! prints the ratio of each pair and their median.
 //!
 //! Each criterion iteration times one whole job with `iter_custom`; the set-up of the next
 //! iteration (flipping the active master key, rotating every tenant) is not timed. The raw
@@ -246,6 +252,56 @@ fn rss_child(per_tenant: usize) {
     });
 }
 
+/// Raw rate and job, alternately, `PAIRS` times each for rewrap and re-encryption.
+fn paired() {
+    const PAIRS: usize = 5;
+    let rt = Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let fx = fixture(TENANTS, SECRETS_PER_TENANT).await;
+        let options = JobOptions::default().with_batch_size(BATCH);
+        let mut active = 1u8;
+        let mut ratios = (Vec::new(), Vec::new());
+        for pair in 1..=PAIRS {
+            let raw = raw_batched_update(&fx.store, Table::Deks).await;
+            active = if active == 1 { 2 } else { 1 };
+            let vault = Vault::builder_with_store(fx.store.clone(), ring(active))
+                .build()
+                .expect("vault");
+            let start = Instant::now();
+            let report = vault.rewrap_all(&options, |_| {}).await.expect("rewrap");
+            let job = start.elapsed();
+            // Every live data key, as in the raw rate: one per tenant per rotation so far.
+            assert_eq!(report.rewrapped as usize, TENANTS * pair);
+            assert!(report.failures.is_empty());
+            let ratio = raw.as_secs_f64() / job.as_secs_f64();
+            println!("pair {pair} rewrap: raw {raw:.2?}, rewrap_all {job:.2?}, job / raw rate {ratio:.2}");
+            ratios.0.push(ratio);
+
+            let raw = raw_batched_update(&fx.store, Table::Secrets).await;
+            for tenant in &fx.tenants {
+                vault.rotate_tenant_key(tenant).await.expect("rotate");
+            }
+            let start = Instant::now();
+            let report = vault.reencrypt_all(&options, |_| {}).await.expect("reencrypt");
+            let job = start.elapsed();
+            assert_eq!(report.reencrypted as usize, TENANTS * SECRETS_PER_TENANT);
+            let ratio = raw.as_secs_f64() / job.as_secs_f64();
+            println!("pair {pair} reencrypt: raw {raw:.2?}, reencrypt_all {job:.2?}, job / raw rate {ratio:.2}");
+            ratios.1.push(ratio);
+        }
+        for (name, mut r) in [("rewrap", ratios.0), ("reencrypt", ratios.1)] {
+            r.sort_by(f64::total_cmp);
+            let at = |i: usize| r.get(i).copied().unwrap_or(f64::NAN);
+            println!(
+                "{name}: median job / raw rate {:.2} (lowest {:.2}, highest {:.2}, {PAIRS} pairs)",
+                at(r.len() / 2),
+                at(0),
+                at(r.len().saturating_sub(1))
+            );
+        }
+    });
+}
+
 fn vm(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -261,6 +317,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--rss-child=")) {
         rss_child(n.parse().expect("secrets per tenant"));
+        return;
+    }
+    if args.iter().any(|a| a == "--paired") {
+        paired();
         return;
     }
     if args.iter().any(|a| a == "--rss") {
