@@ -88,23 +88,25 @@ impl Vault {
     {
         let ring = self.inner.ring();
         let active_id = ring.active().id().clone();
-        let total = self
-            .master_key_usage()
-            .await?
+        let batch = options.batch_size;
+        let scan = |after: Option<(TenantId, DekVersion)>| async move {
+            self.inner
+                .store
+                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), batch)
+                .await
+        };
+        // The count for the progress total is taken beside the first page's read.
+        let (usage, first) = tokio::join!(self.master_key_usage(), scan(None));
+        let total = usage?
             .iter()
             .filter(|(id, _)| **id != active_id)
             .map(|(_, n)| n)
             .sum();
         let mut report = RewrapReport::default();
-        let mut after: Option<(TenantId, DekVersion)> = None;
+        let mut page = first?;
         loop {
-            let page = self
-                .inner
-                .store
-                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), options.batch_size)
-                .await?;
-            let full = page.len() == options.batch_size;
-            after = page.last().map(|r| (r.tenant.clone(), r.version));
+            let full = page.len() == batch;
+            let after = page.last().map(|r| (r.tenant.clone(), r.version));
             let mut writes = Vec::new();
             for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
                 report.examined += 1;
@@ -119,29 +121,26 @@ impl Vault {
                     Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
                 }
             }
-            let keys: Vec<_> = writes
-                .iter()
-                .map(|(r, _)| (r.tenant.clone(), r.version))
-                .collect();
-            let results = self.inner.store.put_deks(writes).await?;
-            for ((tenant, version), result) in keys.into_iter().zip(results) {
-                match result {
-                    Ok(_) => report.rewrapped += 1,
-                    // Someone changed the record (a block reservation, another rewrap): redo it.
-                    Err(_) => {
-                        self.inner
-                            .rewrap_one(&ring, &tenant, version, &mut report)
-                            .await?;
+            // The next page is read while this one is written (the pages hold different
+            // records, and the writes are conditional).
+            let (written, next) = tokio::join!(
+                self.inner.write_rewrapped(&ring, writes, &mut report),
+                async {
+                    match after {
+                        Some(after) if full => scan(Some(after)).await.map(Some),
+                        _ => Ok(None),
                     }
                 }
-            }
+            );
+            written?;
             progress(Progress {
                 done: report.rewrapped + report.failures.len() as u64,
                 total,
                 errors: report.failures.len() as u64,
             });
-            if !full {
-                break;
+            match next? {
+                Some(next) => page = next,
+                None => break,
             }
         }
         tracing::info!(
@@ -313,6 +312,31 @@ impl Inner {
         record.wrapped = active.wrap(&dek, &context(active.id())).await?;
         record.updated_at = Timestamp::now();
         Ok(record)
+    }
+
+    /// Writes a page of rewrapped data keys in one batch; a key whose conditional write
+    /// lost (a block reservation, another rewrap) is re-read and redone.
+    async fn write_rewrapped(
+        &self,
+        ring: &MasterKeyRing,
+        writes: Vec<(DekRecord, PutMode)>,
+        report: &mut RewrapReport,
+    ) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<_> = writes
+            .iter()
+            .map(|(r, _)| (r.tenant.clone(), r.version))
+            .collect();
+        let results = self.store.put_deks(writes).await?;
+        for ((tenant, version), result) in keys.into_iter().zip(results) {
+            match result {
+                Ok(_) => report.rewrapped += 1,
+                Err(_) => self.rewrap_one(ring, &tenant, version, report).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Rewraps one data key, re-reading it after each lost conditional write.
