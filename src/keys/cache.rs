@@ -119,6 +119,23 @@ impl DekCache {
         Ok(Arc::clone(dek))
     }
 
+    /// The cached key if it is loaded and fresh; never starts a load (for the vault's
+    /// synchronous fast path, which falls back to [`Self::get_or_load`] on `None`).
+    pub(crate) fn cached(&self, tenant: &TenantId, version: DekVersion) -> Option<Arc<CachedDek>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let slot = inner
+            .map
+            .get(tenant.as_str())?
+            .iter()
+            .find(|s| s.version == version)?;
+        if slot.expires > now {
+            slot.cell.get().map(Arc::clone)
+        } else {
+            None
+        }
+    }
+
     fn lookup(&self, tenant: &TenantId, version: DekVersion) -> Lookup {
         let now = Instant::now();
         let mut inner = self.lock();
