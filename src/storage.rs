@@ -61,7 +61,7 @@ impl Timestamp {
     /// The current time.
     #[must_use]
     pub fn now() -> Self {
-        Self::from(SystemTime::now())
+        Self(crate::clock::realtime_millis())
     }
 
     /// A timestamp from milliseconds since the epoch.
