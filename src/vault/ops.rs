@@ -297,18 +297,20 @@ impl Vault {
         // reference, so that the buffer is never moved.
         let mut inline = [0u8; ENVELOPE_INLINE];
         let mut heap = Vec::new();
-        let (len, row, ids_match) = memory
-            .read_secret(tenant.as_str(), name.as_str(), |r| {
-                let m = &r.metadata;
-                let ids_match = m.tenant == *tenant && m.name == *name;
-                let len = r.envelope.len();
-                match inline.get_mut(..len) {
-                    Some(dst) => dst.copy_from_slice(&r.envelope),
-                    None => heap.clone_from(&r.envelope),
-                }
-                (len, RowInfo::of(m), ids_match)
-            })
-            .ok_or(Error::NotFound)?;
+        let read = memory.read_secret(tenant.as_str(), name.as_str(), |r| {
+            let m = &r.metadata;
+            let ids_match = m.tenant == *tenant && m.name == *name;
+            let len = r.envelope.len();
+            match inline.get_mut(..len) {
+                Some(dst) => dst.copy_from_slice(&r.envelope),
+                None => heap.clone_from(&r.envelope),
+            }
+            (len, RowInfo::of(m), ids_match)
+        });
+        // Not `ok_or`: that would build and drop an `Error` on every read.
+        let Some((len, row, ids_match)) = read else {
+            return Err(Error::NotFound);
+        };
         let bytes = if len <= ENVELOPE_INLINE {
             inline.get_mut(..len).unwrap_or_default()
         } else {
