@@ -42,6 +42,7 @@
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
+mod clock;
 mod codec;
 mod crypto;
 pub mod envelope;

@@ -39,6 +39,7 @@ use async_trait::async_trait;
 #[cfg(any(test, feature = "conformance"))]
 pub use faulty::{CrashPoint, FaultyStore};
 pub use memory::MemoryStore;
+pub(crate) use memory::SecretWrite;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
@@ -60,7 +61,7 @@ impl Timestamp {
     /// The current time.
     #[must_use]
     pub fn now() -> Self {
-        Self::from(SystemTime::now())
+        Self(crate::clock::realtime_millis())
     }
 
     /// A timestamp from milliseconds since the epoch.

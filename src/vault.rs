@@ -20,7 +20,7 @@ pub use jobs::{DeletionReceipt, JobFailure, JobOptions, Progress, ReencryptRepor
 pub use lifecycle::DekStatus;
 
 use crate::keys::{DekCache, MasterKeyRing};
-use crate::storage::Store;
+use crate::storage::{MemoryStore, Store};
 use active::ActiveKeys;
 use builder::Config;
 
@@ -39,6 +39,10 @@ pub struct Vault {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// The same store when it is a [`MemoryStore`] handed to [`Vault::builder`] or
+    /// [`Vault::new`]: `put` and `get` then call it synchronously (no boxed future, no copy
+    /// of the row). Every other operation, and every other store, goes through `store`.
+    memory: Option<Arc<MemoryStore>>,
     keys: RwLock<Arc<MasterKeyRing>>,
     config: Config,
     deks: DekCache,
@@ -59,7 +63,7 @@ pub enum TenantCreation {
 impl Vault {
     /// Starts configuring a vault over `store`, with master keys `keys`.
     pub fn builder(store: impl Store, keys: MasterKeyRing) -> VaultBuilder {
-        VaultBuilder::new(Arc::new(store), keys)
+        VaultBuilder::from_store(Arc::new(store), keys)
     }
 
     /// [`Self::builder`] for a store that is already shared (for example with another
@@ -70,7 +74,7 @@ impl Vault {
 
     /// A vault with default settings.
     pub fn new(store: impl Store, keys: MasterKeyRing) -> Self {
-        VaultBuilder::new(Arc::new(store), keys).build_unchecked()
+        VaultBuilder::from_store(Arc::new(store), keys).build_unchecked()
     }
 
     /// The store this vault writes to.

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
@@ -38,7 +38,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 struct Slot {
     version: DekVersion,
     cell: Arc<OnceCell<Arc<CachedDek>>>,
-    expires: Instant,
+    /// On [`crate::clock::coarse_monotonic`].
+    expires: Duration,
     generation: u64,
 }
 
@@ -119,8 +120,25 @@ impl DekCache {
         Ok(Arc::clone(dek))
     }
 
+    /// The cached key if it is loaded and fresh; never starts a load (for the vault's
+    /// synchronous fast path, which falls back to [`Self::get_or_load`] on `None`).
+    pub(crate) fn cached(&self, tenant: &TenantId, version: DekVersion) -> Option<Arc<CachedDek>> {
+        let now = crate::clock::coarse_monotonic();
+        let inner = self.lock();
+        let slot = inner
+            .map
+            .get(tenant.as_str())?
+            .iter()
+            .find(|s| s.version == version)?;
+        if slot.expires > now {
+            slot.cell.get().map(Arc::clone)
+        } else {
+            None
+        }
+    }
+
     fn lookup(&self, tenant: &TenantId, version: DekVersion) -> Lookup {
-        let now = Instant::now();
+        let now = crate::clock::coarse_monotonic();
         let mut inner = self.lock();
         if let Some(slot) = inner
             .map

@@ -1,14 +1,23 @@
 //! [`MemoryStore`]: records in process memory, for tests, examples and caches of nothing.
+//!
+//! Secrets sit in hash maps (tenant, then name) for the point reads and writes of `get` and
+//! `put`, beside ordered sets of the same keys for paged listing and scans. The vault calls
+//! the synchronous [`MemoryStore::read_secret`] and [`MemoryStore::write_secret`] directly
+//! when its store is a `MemoryStore` (no boxed future, no copy of the row); the [`Store`]
+//! methods go through the same code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
+use crate::secret::SecretKind;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A [`Store`] in process memory. Everything is lost when it is dropped; two processes
 /// cannot share it. Cheap and exact, it is the reference backend of the conformance suite.
@@ -24,7 +33,7 @@ impl std::fmt::Debug for MemoryStore {
             .field("tenants", &inner.deks.len())
             .field(
                 "secrets",
-                &inner.secrets.values().map(BTreeMap::len).sum::<usize>(),
+                &inner.secrets.values().map(|t| t.rows.len()).sum::<usize>(),
             )
             .finish()
     }
@@ -33,7 +42,42 @@ impl std::fmt::Debug for MemoryStore {
 #[derive(Default)]
 struct Inner {
     deks: BTreeMap<TenantId, BTreeMap<DekVersion, DekRecord>>,
-    secrets: BTreeMap<TenantId, BTreeMap<SecretName, SecretRecord>>,
+    /// Secrets by tenant, then by name. A tenant is present only while it has a secret.
+    secrets: FastMap<TenantId, TenantSecrets>,
+    /// The keys of `secrets`, in order.
+    secret_tenants: BTreeSet<TenantId>,
+}
+
+/// One tenant's secrets: the rows, and their names in order (the same set of keys).
+#[derive(Default)]
+struct TenantSecrets {
+    rows: FastMap<SecretName, SecretRecord>,
+    names: BTreeSet<SecretName>,
+}
+
+impl TenantSecrets {
+    /// The rows named after `after`, in name order.
+    fn rows_after<'a>(
+        &'a self,
+        after: Option<&SecretName>,
+    ) -> impl Iterator<Item = &'a SecretRecord> + 'a {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.names
+            .range::<SecretName, _>((lower, Bound::Unbounded))
+            .filter_map(|name| self.rows.get(name))
+    }
+}
+
+/// A secret row to write, borrowing its identifiers (see [`MemoryStore::write_secret`]).
+pub(crate) struct SecretWrite<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) name: &'a SecretName,
+    pub(crate) kind: SecretKind,
+    pub(crate) dek_version: DekVersion,
+    /// `created_at` of a new row; an existing row keeps its own.
+    pub(crate) created_at: Timestamp,
+    pub(crate) updated_at: Timestamp,
+    pub(crate) envelope: Vec<u8>,
 }
 
 impl MemoryStore {
@@ -50,6 +94,88 @@ impl MemoryStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls `f` on the stored row of `tenant` / `name`, under the read lock, without
+    /// copying it: [`Store::get_secret`] without the clone, for the vault's `get`.
+    pub(crate) fn read_secret<T>(
+        &self,
+        tenant: &str,
+        name: &str,
+        f: impl FnOnce(&SecretRecord) -> T,
+    ) -> Option<T> {
+        let inner = self.read();
+        let row = inner.secrets.get(tenant)?.rows.get(name)?;
+        Some(f(row))
+    }
+
+    /// [`Store::put_secret`] without a future and, when a row is replaced, without touching
+    /// its identifiers: the row's fields and envelope are overwritten in place.
+    pub(crate) fn write_secret(
+        &self,
+        row: SecretWrite<'_>,
+        mode: PutMode,
+    ) -> Result<RowVersion, Error> {
+        let SecretWrite {
+            tenant,
+            name,
+            kind,
+            dek_version,
+            created_at,
+            updated_at,
+            envelope,
+        } = row;
+        let mut inner = self.write();
+        if let Some(existing) = inner
+            .secrets
+            .get_mut(tenant.as_str())
+            .and_then(|t| t.rows.get_mut(name.as_str()))
+        {
+            let row_version =
+                check_mode(Some(&*existing), mode, |r| r.metadata.row_version, "secret")?;
+            let m = &mut existing.metadata;
+            m.kind = kind;
+            m.dek_version = dek_version;
+            m.updated_at = updated_at;
+            m.row_version = row_version;
+            let old = std::mem::replace(&mut existing.envelope, envelope);
+            drop(inner);
+            // The old envelope is freed after the lock is released.
+            drop(old);
+            return Ok(row_version);
+        }
+        let row_version = check_mode(
+            None,
+            mode,
+            |r: &SecretRecord| r.metadata.row_version,
+            "secret",
+        )?;
+        let record = SecretRecord {
+            metadata: SecretMetadata {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                kind,
+                dek_version,
+                created_at,
+                updated_at,
+                row_version,
+            },
+            envelope,
+        };
+        let Inner {
+            secrets,
+            secret_tenants,
+            ..
+        } = &mut *inner;
+        let names = if let Some(names) = secrets.get_mut(tenant.as_str()) {
+            names
+        } else {
+            secret_tenants.insert(tenant.clone());
+            secrets.entry(tenant.clone()).or_default()
+        };
+        names.names.insert(name.clone());
+        names.rows.insert(name.clone(), record);
+        Ok(row_version)
     }
 }
 
@@ -118,45 +244,23 @@ impl Store for MemoryStore {
         tenant: &TenantId,
         name: &SecretName,
     ) -> Result<Option<SecretRecord>, Error> {
-        Ok(self
-            .read()
-            .secrets
-            .get(tenant)
-            .and_then(|m| m.get(name))
-            .cloned())
+        Ok(self.read_secret(tenant.as_str(), name.as_str(), SecretRecord::clone))
     }
 
-    async fn put_secret(
-        &self,
-        mut record: SecretRecord,
-        mode: PutMode,
-    ) -> Result<RowVersion, Error> {
-        let mut inner = self.write();
-        let names = match inner.secrets.get_mut(record.metadata.tenant.as_str()) {
-            Some(names) => names,
-            None => inner
-                .secrets
-                .entry(record.metadata.tenant.clone())
-                .or_default(),
-        };
-        // One lookup, and no key clone when a row is replaced in place.
-        if let Some(existing) = names.get_mut(record.metadata.name.as_str()) {
-            let row_version =
-                check_mode(Some(&*existing), mode, |r| r.metadata.row_version, "secret")?;
-            record.metadata.created_at = existing.metadata.created_at;
-            record.metadata.row_version = row_version;
-            *existing = record;
-            return Ok(row_version);
-        }
-        let row_version = check_mode(
-            None,
+    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+        let SecretRecord { metadata, envelope } = record;
+        self.write_secret(
+            SecretWrite {
+                tenant: &metadata.tenant,
+                name: &metadata.name,
+                kind: metadata.kind,
+                dek_version: metadata.dek_version,
+                created_at: metadata.created_at,
+                updated_at: metadata.updated_at,
+                envelope,
+            },
             mode,
-            |r: &SecretRecord| r.metadata.row_version,
-            "secret",
-        )?;
-        record.metadata.row_version = row_version;
-        names.insert(record.metadata.name.clone(), record);
-        Ok(row_version)
+        )
     }
 
     async fn delete_secret(
@@ -169,16 +273,20 @@ impl Store for MemoryStore {
         let Some(names) = inner.secrets.get_mut(tenant) else {
             return Ok(false);
         };
-        let Some(existing) = names.get(name) else {
+        let Some(existing) = names.rows.get(name) else {
             return Ok(false);
         };
         if expected.is_some_and(|v| v != existing.metadata.row_version) {
             return Err(Error::Conflict { what: "secret" });
         }
-        names.remove(name);
-        if names.is_empty() {
+        let removed = names.rows.remove(name);
+        names.names.remove(name);
+        if names.rows.is_empty() {
             inner.secrets.remove(tenant);
+            inner.secret_tenants.remove(tenant);
         }
+        drop(inner);
+        drop(removed);
         Ok(true)
     }
 
@@ -192,11 +300,10 @@ impl Store for MemoryStore {
         let Some(names) = inner.secrets.get(tenant) else {
             return Ok(Vec::new());
         };
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(names
-            .range::<SecretName, _>((lower, Bound::Unbounded))
+            .rows_after(after)
             .take(limit)
-            .map(|(_, r)| r.metadata.clone())
+            .map(|r| r.metadata.clone())
             .collect())
     }
 
@@ -224,15 +331,18 @@ impl Store for MemoryStore {
         let inner = self.read();
         let mut out = Vec::new();
         let lower = after.map_or(Bound::Unbounded, |(t, _)| Bound::Included(t));
-        for (tenant, names) in inner
-            .secrets
+        for tenant in inner
+            .secret_tenants
             .range::<TenantId, _>((lower, Bound::Unbounded))
         {
-            let start = match after {
-                Some((t, n)) if t == tenant => Bound::Excluded(n),
-                _ => Bound::Unbounded,
+            let Some(names) = inner.secrets.get(tenant) else {
+                continue;
             };
-            for (_, record) in names.range::<SecretName, _>((start, Bound::Unbounded)) {
+            let start = match after {
+                Some((t, n)) if t == tenant => Some(n),
+                _ => None,
+            };
+            for record in names.rows_after(start) {
                 if out.len() >= limit {
                     return Ok(out);
                 }
@@ -298,12 +408,11 @@ impl Store for MemoryStore {
         let Some(names) = inner.secrets.get(tenant) else {
             return Ok(Vec::new());
         };
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(names
-            .range::<SecretName, _>((lower, Bound::Unbounded))
-            .filter(|(_, r)| r.metadata.dek_version != version)
+            .rows_after(after)
+            .filter(|r| r.metadata.dek_version != version)
             .take(limit)
-            .map(|(_, r)| r.clone())
+            .cloned()
             .collect())
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::Duration;
 
 use super::Inner;
 use crate::error::Error;
@@ -31,10 +31,21 @@ pub(crate) struct ActiveDek {
     remaining: AtomicU64,
     /// Serializes refills of this entry within the process.
     refill: tokio::sync::Mutex<()>,
-    expires: Instant,
+    /// The wall-clock time at which the entry was read from the store (or just before).
+    fetched: Timestamp,
+    /// `fetched` plus the TTL.
+    expires: Timestamp,
 }
 
 impl ActiveDek {
+    /// Whether the entry may still be used at `now`. The lifetime is measured on the wall
+    /// clock (the one clock read of a `put` also stamps the row), so the check is
+    /// two-sided: a clock stepped back before `fetched` makes the entry stale, never
+    /// longer-lived.
+    fn is_fresh(&self, now: Timestamp) -> bool {
+        self.fetched <= now && now < self.expires
+    }
+
     /// Spends one reserved encryption, if any is left.
     pub(crate) fn try_take(&self) -> bool {
         self.remaining
@@ -63,23 +74,36 @@ impl ActiveKeys {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fresh(&self, tenant: &TenantId) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
+    fn fresh(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
         let map = self.lock();
         match map.get(tenant.as_str()) {
-            Some(a) if a.expires > Instant::now() => (Some(Arc::clone(a)), None),
+            Some(a) if a.is_fresh(now) => (Some(Arc::clone(a)), None),
             Some(a) => (None, Some(Arc::clone(a))),
             None => (None, None),
         }
     }
 
-    fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>) {
+    /// The tenant's active key with one encryption already taken from this process's
+    /// reserved block, if its entry is fresh at `now` and the block is not spent: what
+    /// [`Inner::reserve_encryption_at`] does in the steady state, under one lock and
+    /// without a future. `None` sends the caller to `reserve_encryption_at`.
+    pub(crate) fn take_fresh(&self, tenant: &TenantId, now: Timestamp) -> Option<Arc<ActiveDek>> {
+        let map = self.lock();
+        let active = map.get(tenant.as_str())?;
+        (active.is_fresh(now) && active.try_take()).then(|| Arc::clone(active))
+    }
+
+    fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>, now: Timestamp) {
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(tenant.as_str()) {
             // Full: drop the expired entries, or else an eighth of them, so that the scan is
             // paid once per many inserts rather than on every one. A dropped entry only
             // forfeits the rest of its reserved block.
-            let now = Instant::now();
-            map.retain(|_, a| a.expires > now);
+            map.retain(|_, a| a.is_fresh(now));
             if map.len() >= self.capacity {
                 let excess: Vec<TenantId> =
                     map.keys().take(self.capacity / 8 + 1).cloned().collect();
@@ -103,6 +127,12 @@ impl ActiveKeys {
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         self.lock().remove(tenant);
     }
+}
+
+/// `now` plus `ttl`, in whole milliseconds rounded down (so never later than asked).
+fn later(now: Timestamp, ttl: Duration) -> Timestamp {
+    let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    Timestamp::from_millis(now.as_millis().saturating_add(ttl))
 }
 
 impl Inner {
@@ -209,7 +239,16 @@ impl Inner {
 
     /// The tenant's active data key, from the cache or the store.
     pub(crate) async fn active_dek(&self, tenant: &TenantId) -> Result<Arc<ActiveDek>, Error> {
-        let (fresh, expired) = self.active.fresh(tenant);
+        self.active_dek_at(tenant, Timestamp::now()).await
+    }
+
+    /// [`Self::active_dek`] with the current time already read.
+    async fn active_dek_at(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<Arc<ActiveDek>, Error> {
+        let (fresh, expired) = self.active.fresh(tenant, now);
         if let Some(active) = fresh {
             return Ok(active);
         }
@@ -230,9 +269,10 @@ impl Inner {
             dek,
             remaining: AtomicU64::new(carried),
             refill: tokio::sync::Mutex::new(()),
-            expires: Instant::now() + self.config.active_key_ttl,
+            fetched: now,
+            expires: later(now, self.config.active_key_ttl),
         });
-        self.active.insert(tenant, Arc::clone(&active));
+        self.active.insert(tenant, Arc::clone(&active), now);
         Ok(active)
     }
 
@@ -243,8 +283,17 @@ impl Inner {
         &self,
         tenant: &TenantId,
     ) -> Result<Arc<ActiveDek>, Error> {
+        self.reserve_encryption_at(tenant, Timestamp::now()).await
+    }
+
+    /// [`Self::reserve_encryption`] with the current time already read.
+    pub(crate) async fn reserve_encryption_at(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<Arc<ActiveDek>, Error> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let active = self.active_dek(tenant).await?;
+            let active = self.active_dek_at(tenant, now).await?;
             if active.try_take() {
                 return Ok(active);
             }

@@ -1,5 +1,6 @@
 //! [`VaultBuilder`] and the vault's settings.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use super::{ActiveKeys, Inner, Vault};
 use crate::crypto::Suite;
 use crate::error::Error;
 use crate::keys::{DekCache, MasterKeyRing};
-use crate::storage::Store;
+use crate::storage::{MemoryStore, Store};
 
 /// The largest `max_secret_size` a vault accepts: 16 MiB.
 pub const MAX_SECRET_SIZE_LIMIT: usize = 16 << 20;
@@ -49,14 +50,27 @@ impl Config {
 #[must_use]
 pub struct VaultBuilder {
     store: Arc<dyn Store>,
+    memory: Option<Arc<MemoryStore>>,
     keys: MasterKeyRing,
     config: Config,
 }
 
 impl VaultBuilder {
+    /// A builder over a store of a known type: a [`MemoryStore`] is recognised, so that
+    /// `put` and `get` can call it without going through the [`Store`] trait's futures.
+    pub(crate) fn from_store<S: Store>(store: Arc<S>, keys: MasterKeyRing) -> Self {
+        let any: Arc<dyn Any + Send + Sync> = Arc::clone(&store) as _;
+        let memory = any.downcast::<MemoryStore>().ok();
+        Self {
+            memory,
+            ..Self::new(store, keys)
+        }
+    }
+
     pub(crate) fn new(store: Arc<dyn Store>, keys: MasterKeyRing) -> Self {
         Self {
             store,
+            memory: None,
             keys,
             config: Config {
                 suite: Suite::Aes256Gcm,
@@ -171,6 +185,7 @@ impl VaultBuilder {
         Vault {
             inner: Arc::new(Inner {
                 store: self.store,
+                memory: self.memory,
                 keys: std::sync::RwLock::new(Arc::new(self.keys)),
                 config: self.config,
                 deks,

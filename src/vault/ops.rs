@@ -4,8 +4,68 @@ use super::{TenantCreation, Vault};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
-use crate::secret::Secret;
-use crate::storage::{DekState, PutMode, SecretMetadata, SecretRecord, Timestamp};
+use crate::secret::{Secret, SecretKind};
+use crate::storage::{
+    DekState, MemoryStore, PutMode, SecretMetadata, SecretRecord, SecretWrite, Timestamp,
+};
+
+/// Envelopes up to this length (secrets up to about 340 bytes) are copied out of a
+/// [`MemoryStore`] onto the stack for decryption; longer ones into a heap buffer.
+const ENVELOPE_INLINE: usize = 384;
+
+/// What a read learns about the row besides the secret: its metadata without the
+/// identifiers, which are the caller's (checked equal).
+#[derive(Clone, Copy)]
+struct RowInfo {
+    kind: SecretKind,
+    dek_version: DekVersion,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    row_version: RowVersion,
+}
+
+impl RowInfo {
+    fn of(metadata: &SecretMetadata) -> Self {
+        Self {
+            kind: metadata.kind,
+            dek_version: metadata.dek_version,
+            created_at: metadata.created_at,
+            updated_at: metadata.updated_at,
+            row_version: metadata.row_version,
+        }
+    }
+
+    fn metadata(self, tenant: &TenantId, name: &SecretName) -> SecretMetadata {
+        SecretMetadata {
+            tenant: tenant.clone(),
+            name: name.clone(),
+            kind: self.kind,
+            dek_version: self.dek_version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            row_version: self.row_version,
+        }
+    }
+}
+
+/// The metadata columns are not authenticated; the envelope's header is. A row whose
+/// columns disagree with its (authentic) envelope was edited outside credvault, and its
+/// metadata must not be returned as if it were true.
+fn check_columns(
+    ids_match: bool,
+    row: RowInfo,
+    kind: SecretKind,
+    version: DekVersion,
+) -> Result<(), Error> {
+    if row.kind != kind || row.dek_version != version || !ids_match {
+        return Err(FormatError::InvalidField(
+            Structure::Record,
+            "metadata disagrees with envelope",
+        )
+        .into());
+    }
+    Ok(())
+}
 
 impl Vault {
     /// Creates `tenant` with its first data key. Idempotent and safe to race: when several
@@ -125,7 +185,12 @@ impl Vault {
                 limit: inner.config.max_secret_size,
             });
         }
-        let active = inner.reserve_encryption(tenant).await?;
+        // One clock read per put: it dates the row and checks the active key's lifetime.
+        let now = Timestamp::now();
+        let active = match inner.active.take_fresh(tenant, now) {
+            Some(active) => active,
+            None => inner.reserve_encryption_at(tenant, now).await?,
+        };
         let ctx = SecretContext { tenant, name };
         let sealed = envelope::seal(
             &active.dek.cipher,
@@ -134,21 +199,37 @@ impl Vault {
             ctx,
             secret,
         )?;
-        let now = Timestamp::now();
-        let record = SecretRecord {
-            metadata: SecretMetadata {
-                tenant: tenant.clone(),
-                name: name.clone(),
-                kind: S::KIND,
-                dek_version: active.version,
-                created_at: now,
-                updated_at: now,
-                row_version: RowVersion::INITIAL,
-            },
-            envelope: sealed,
+        let dek_version = active.version;
+        drop(active);
+        let row_version = if let Some(memory) = &inner.memory {
+            memory.write_secret(
+                SecretWrite {
+                    tenant,
+                    name,
+                    kind: S::KIND,
+                    dek_version,
+                    created_at: now,
+                    updated_at: now,
+                    envelope: sealed,
+                },
+                mode,
+            )?
+        } else {
+            let record = SecretRecord {
+                metadata: SecretMetadata {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    kind: S::KIND,
+                    dek_version,
+                    created_at: now,
+                    updated_at: now,
+                    row_version: RowVersion::INITIAL,
+                },
+                envelope: sealed,
+            };
+            inner.store.put_secret(record, mode).await?
         };
-        let row_version = inner.store.put_secret(record, mode).await?;
-        tracing::debug!(tenant = %tenant, name = %name, dek_version = active.version.get(), "secret stored");
+        tracing::debug!(tenant = %tenant, name = %name, dek_version = dek_version.get(), "secret stored");
         Ok(row_version)
     }
 
@@ -162,9 +243,7 @@ impl Vault {
     /// [`crate::FormatError`], [`Error::KeyMissing`], [`Error::KeyDestroyed`],
     /// [`Error::UnknownMasterKey`], or a storage error.
     pub async fn get<S: Secret>(&self, tenant: &TenantId, name: &SecretName) -> Result<S, Error> {
-        self.get_with_metadata(tenant, name)
-            .await
-            .map(|(secret, _)| secret)
+        self.read(tenant, name).await.map(|(secret, _)| secret)
     }
 
     /// [`Self::get`], with the secret's metadata (for a following [`Self::update`]).
@@ -176,15 +255,102 @@ impl Vault {
         tenant: &TenantId,
         name: &SecretName,
     ) -> Result<(S, SecretMetadata), Error> {
-        self.read(tenant, name, true).await
+        let (secret, row) = self.read(tenant, name).await?;
+        Ok((secret, row.metadata(tenant, name)))
     }
 
     async fn read<S: Secret>(
         &self,
         tenant: &TenantId,
         name: &SecretName,
+    ) -> Result<(S, RowInfo), Error> {
+        let inner = &self.inner;
+        let fast = match &inner.memory {
+            Some(memory) => self.read_memory(memory, tenant, name)?,
+            None => None,
+        };
+        let (secret, mut row) = match fast {
+            Some(read) => read,
+            None => self.read_store(tenant, name, true).await?,
+        };
+        tracing::debug!(tenant = %tenant, name = %name, dek_version = row.dek_version.get(), "secret read");
+        if inner.config.reencrypt_on_read {
+            let mut metadata = row.metadata(tenant, name);
+            self.reencrypt_on_read(&secret, &mut metadata).await?;
+            row = RowInfo::of(&metadata);
+        }
+        Ok((secret, row))
+    }
+
+    /// The steady-state read over a [`MemoryStore`], with no future: the row's envelope is
+    /// copied out under the store's read lock (onto the stack when small) and decrypted
+    /// there with a cached key. `Ok(None)` when the general path must decide: the key is
+    /// not cached, or decryption failed (the general path re-reads the row and checks for
+    /// a replaced key before it reports [`Error::Decryption`]).
+    fn read_memory<S: Secret>(
+        &self,
+        memory: &MemoryStore,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<Option<(S, RowInfo)>, Error> {
+        // The caller's private copy of the envelope, decrypted in place. Filled through a
+        // reference, so that the buffer is never moved.
+        let mut inline = [0u8; ENVELOPE_INLINE];
+        let mut heap = Vec::new();
+        let read = memory.read_secret(tenant.as_str(), name.as_str(), |r| {
+            let m = &r.metadata;
+            let ids_match = m.tenant == *tenant && m.name == *name;
+            let len = r.envelope.len();
+            match inline.get_mut(..len) {
+                Some(dst) => dst.copy_from_slice(&r.envelope),
+                None => heap.clone_from(&r.envelope),
+            }
+            (len, RowInfo::of(m), ids_match)
+        });
+        // Not `ok_or`: that would build and drop an `Error` on every read.
+        let Some((len, row, ids_match)) = read else {
+            return Err(Error::NotFound);
+        };
+        let bytes = if len <= ENVELOPE_INLINE {
+            inline.get_mut(..len).unwrap_or_default()
+        } else {
+            heap.as_mut_slice()
+        };
+        let parsed = EnvelopeRef::parse(bytes)?;
+        let (kind, suite, version) = (parsed.kind(), parsed.suite(), parsed.dek_version());
+        if kind != S::KIND {
+            return Err(Error::KindMismatch {
+                stored: kind,
+                requested: S::KIND,
+            });
+        }
+        let Some(dek) = self.inner.deks.cached(tenant, version) else {
+            return Ok(None);
+        };
+        if dek.suite != suite {
+            return Err(Error::Decryption);
+        }
+        let secret = match envelope::open_in_place::<S>(
+            &dek.cipher,
+            bytes,
+            SecretContext { tenant, name },
+        ) {
+            Ok(secret) => secret,
+            Err(Error::Decryption) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        check_columns(ids_match, row, kind, version)?;
+        Ok(Some((secret, row)))
+    }
+
+    /// `read` through the [`Store`] trait: any backend, and every case the fast path
+    /// leaves to it.
+    async fn read_store<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
         retry_stale_key: bool,
-    ) -> Result<(S, SecretMetadata), Error> {
+    ) -> Result<(S, RowInfo), Error> {
         let inner = &self.inner;
         let mut record = inner
             .store
@@ -228,30 +394,15 @@ impl Vault {
                     return Err(Error::Decryption);
                 }
                 inner.deks.remove(tenant, version);
-                return Box::pin(self.read(tenant, name, false)).await;
+                return Box::pin(self.read_store(tenant, name, false)).await;
             }
             Err(e) => return Err(e),
         };
-        // The metadata columns are not authenticated; the envelope's header is. A row whose
-        // columns disagree with its (authentic) envelope was edited outside credvault, and its
-        // metadata must not be returned as if it were true.
-        if record.metadata.kind != kind
-            || record.metadata.dek_version != version
-            || record.metadata.tenant != *tenant
-            || record.metadata.name != *name
-        {
-            return Err(FormatError::InvalidField(
-                Structure::Record,
-                "metadata disagrees with envelope",
-            )
-            .into());
-        }
-        tracing::debug!(tenant = %tenant, name = %name, dek_version = version.get(), "secret read");
-        let mut metadata = record.metadata;
-        if inner.config.reencrypt_on_read {
-            self.reencrypt_on_read(&secret, &mut metadata).await?;
-        }
-        Ok((secret, metadata))
+        let m = &record.metadata;
+        let ids_match = m.tenant == *tenant && m.name == *name;
+        let row = RowInfo::of(m);
+        check_columns(ids_match, row, kind, version)?;
+        Ok((secret, row))
     }
 
     /// Re-seals `secret` under the tenant's active version if it is under an older one.
