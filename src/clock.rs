@@ -1,8 +1,9 @@
 //! Clock reads for the hot path.
 //!
-//! A `put` reads the real-time clock once ([`realtime_millis`]): the reading stamps the
-//! row and checks the lifetime of the tenant's active key. A `get` reads
-//! [`coarse_monotonic`] once, for the lifetime of the cached data key.
+//! A `put` reads [`coarse_monotonic`] for the lifetime of the tenant's active key and the
+//! real-time clock ([`realtime_millis`]) to stamp the row. A `get` reads
+//! [`coarse_monotonic`] once, for the lifetime of the cached data key. Lifetimes are never
+//! measured on the real-time clock, which can be stepped backwards.
 //!
 //! On Linux both go to the vDSO through `rustix`. The coarse monotonic clock is a memory
 //! read there, a few times cheaper than `Instant::now`, with a resolution of one kernel

@@ -31,19 +31,17 @@ pub(crate) struct ActiveDek {
     remaining: AtomicU64,
     /// Serializes refills of this entry within the process.
     refill: tokio::sync::Mutex<()>,
-    /// The wall-clock time at which the entry was read from the store (or just before).
-    fetched: Timestamp,
-    /// `fetched` plus the TTL.
-    expires: Timestamp,
+    /// When the entry stops being used, on [`crate::clock::coarse_monotonic`]: a clock
+    /// that never goes backwards, so no clock step can lengthen the TTL (an entry may
+    /// outlive it by one kernel tick, a few milliseconds).
+    expires: Duration,
 }
 
 impl ActiveDek {
-    /// Whether the entry may still be used at `now`. The lifetime is measured on the wall
-    /// clock (the one clock read of a `put` also stamps the row), so the check is
-    /// two-sided: a clock stepped back before `fetched` makes the entry stale, never
-    /// longer-lived.
-    fn is_fresh(&self, now: Timestamp) -> bool {
-        self.fetched <= now && now < self.expires
+    /// Whether the entry may still be used at `now` (a [`crate::clock::coarse_monotonic`]
+    /// reading).
+    fn is_fresh(&self, now: Duration) -> bool {
+        now < self.expires
     }
 
     /// Spends one reserved encryption, if any is left.
@@ -74,11 +72,8 @@ impl ActiveKeys {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fresh(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-    ) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
+    fn fresh(&self, tenant: &TenantId) -> (Option<Arc<ActiveDek>>, Option<Arc<ActiveDek>>) {
+        let now = crate::clock::coarse_monotonic();
         let map = self.lock();
         match map.get(tenant.as_str()) {
             Some(a) if a.is_fresh(now) => (Some(Arc::clone(a)), None),
@@ -88,18 +83,20 @@ impl ActiveKeys {
     }
 
     /// The tenant's active key with one encryption already taken from this process's
-    /// reserved block, if its entry is fresh at `now` and the block is not spent: what
-    /// [`Inner::reserve_encryption_at`] does in the steady state, under one lock and
-    /// without a future. `None` sends the caller to `reserve_encryption_at`.
-    pub(crate) fn take_fresh(&self, tenant: &TenantId, now: Timestamp) -> Option<Arc<ActiveDek>> {
+    /// reserved block, if its entry is fresh and the block is not spent: what
+    /// [`Inner::reserve_encryption`] does in the steady state, under one lock and without a
+    /// future. `None` sends the caller to `reserve_encryption`.
+    pub(crate) fn take_fresh(&self, tenant: &TenantId) -> Option<Arc<ActiveDek>> {
+        let now = crate::clock::coarse_monotonic();
         let map = self.lock();
         let active = map.get(tenant.as_str())?;
         (active.is_fresh(now) && active.try_take()).then(|| Arc::clone(active))
     }
 
-    fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>, now: Timestamp) {
+    fn insert(&self, tenant: &TenantId, active: Arc<ActiveDek>) {
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(tenant.as_str()) {
+            let now = crate::clock::coarse_monotonic();
             // Full: drop the expired entries, or else an eighth of them, so that the scan is
             // paid once per many inserts rather than on every one. A dropped entry only
             // forfeits the rest of its reserved block.
@@ -127,12 +124,6 @@ impl ActiveKeys {
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         self.lock().remove(tenant);
     }
-}
-
-/// `now` plus `ttl`, in whole milliseconds rounded down (so never later than asked).
-fn later(now: Timestamp, ttl: Duration) -> Timestamp {
-    let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    Timestamp::from_millis(now.as_millis().saturating_add(ttl))
 }
 
 impl Inner {
@@ -239,16 +230,7 @@ impl Inner {
 
     /// The tenant's active data key, from the cache or the store.
     pub(crate) async fn active_dek(&self, tenant: &TenantId) -> Result<Arc<ActiveDek>, Error> {
-        self.active_dek_at(tenant, Timestamp::now()).await
-    }
-
-    /// [`Self::active_dek`] with the current time already read.
-    async fn active_dek_at(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-    ) -> Result<Arc<ActiveDek>, Error> {
-        let (fresh, expired) = self.active.fresh(tenant, now);
+        let (fresh, expired) = self.active.fresh(tenant);
         if let Some(active) = fresh {
             return Ok(active);
         }
@@ -269,10 +251,10 @@ impl Inner {
             dek,
             remaining: AtomicU64::new(carried),
             refill: tokio::sync::Mutex::new(()),
-            fetched: now,
-            expires: later(now, self.config.active_key_ttl),
+            // Read after the store round trips, so that their time counts against nothing.
+            expires: crate::clock::coarse_monotonic().saturating_add(self.config.active_key_ttl),
         });
-        self.active.insert(tenant, Arc::clone(&active), now);
+        self.active.insert(tenant, Arc::clone(&active));
         Ok(active)
     }
 
@@ -283,17 +265,8 @@ impl Inner {
         &self,
         tenant: &TenantId,
     ) -> Result<Arc<ActiveDek>, Error> {
-        self.reserve_encryption_at(tenant, Timestamp::now()).await
-    }
-
-    /// [`Self::reserve_encryption`] with the current time already read.
-    pub(crate) async fn reserve_encryption_at(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-    ) -> Result<Arc<ActiveDek>, Error> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let active = self.active_dek_at(tenant, now).await?;
+            let active = self.active_dek(tenant).await?;
             if active.try_take() {
                 return Ok(active);
             }

@@ -185,11 +185,9 @@ impl Vault {
                 limit: inner.config.max_secret_size,
             });
         }
-        // One clock read per put: it dates the row and checks the active key's lifetime.
-        let now = Timestamp::now();
-        let active = match inner.active.take_fresh(tenant, now) {
+        let active = match inner.active.take_fresh(tenant) {
             Some(active) => active,
-            None => inner.reserve_encryption_at(tenant, now).await?,
+            None => inner.reserve_encryption(tenant).await?,
         };
         let ctx = SecretContext { tenant, name };
         let sealed = envelope::seal(
@@ -199,6 +197,7 @@ impl Vault {
             ctx,
             secret,
         )?;
+        let now = Timestamp::now();
         let dek_version = active.version;
         drop(active);
         let row_version = if let Some(memory) = &inner.memory {
