@@ -331,6 +331,44 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DekRecord>, Error>;
 
+    /// [`Store::scan_deks`] without the destroyed records (tombstones): up to `limit` live
+    /// data-key records of all tenants, ordered by (tenant, version), strictly after
+    /// `after` (which may name a tombstone). The work list of a master-key rewrap, which
+    /// has nothing to do for a destroyed key; a page shorter than `limit` is the last.
+    ///
+    /// The default implementation filters [`Store::scan_deks`] (it still reads the
+    /// tombstones); SQL backends leave them out in the query.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn scan_live_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        limit: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let mut out = Vec::new();
+        let mut cursor = after.map(|(t, v)| (t.clone(), v));
+        while out.len() < limit {
+            let page = self
+                .scan_deks(cursor.as_ref().map(|(t, v)| (t, *v)), limit)
+                .await?;
+            let last = page.len() < limit;
+            cursor = page.last().map(|r| (r.tenant.clone(), r.version));
+            // Records past the ones taken are read again by the next call, which starts
+            // after the last record returned.
+            let room = limit - out.len();
+            out.extend(
+                page.into_iter()
+                    .filter(|r| r.state != DekState::Destroyed)
+                    .take(room),
+            );
+            if last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` whole secret records of all tenants (envelopes included), ordered by
     /// (tenant, name), strictly after `after`: the work list of a re-encryption sweep over
     /// every tenant.

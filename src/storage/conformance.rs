@@ -825,6 +825,67 @@ pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store
     assert_eq!(ours, expected);
 }
 
+/// The live scan returns exactly the records of the full scan that are not destroyed, in
+/// the same order, whatever the page size (including pages that begin after a tombstone).
+/// Compared on this test's tenants only: other tests may write to a shared store meanwhile.
+pub async fn scanning_live_deks_skips_tombstones_only(store: Arc<dyn Store>) {
+    let mine: BTreeSet<TenantId> = (0..5).map(|i| unique_tenant(&format!("live{i}"))).collect();
+    for (i, t) in mine.iter().enumerate() {
+        for v in 1..=4u32 {
+            let mut record = dek_record(t, v, 1);
+            // Tombstones at the start, the middle, the end, and a tenant of only those.
+            if i == 3 || (v + u32::try_from(i).unwrap()) % 2 == 0 {
+                record.state = DekState::Destroyed;
+            }
+            store.put_dek(record, PutMode::Create).await.unwrap();
+        }
+    }
+    let key = |r: &DekRecord| (r.tenant.clone(), r.version.get());
+    let ours = |k: &(TenantId, u32)| mine.contains(&k.0);
+    let mut expected = Vec::new();
+    let mut after: Option<(TenantId, DekVersion)> = None;
+    loop {
+        let page = store
+            .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), 7)
+            .await
+            .unwrap();
+        expected.extend(
+            page.iter()
+                .filter(|r| r.state != DekState::Destroyed)
+                .map(key)
+                .filter(ours),
+        );
+        if page.len() < 7 {
+            break;
+        }
+        after = page.last().map(|r| (r.tenant.clone(), r.version));
+    }
+    for limit in [1, 2, 3, 500] {
+        let mut seen = Vec::new();
+        let mut after: Option<(TenantId, DekVersion)> = None;
+        loop {
+            let page = store
+                .scan_live_deks(after.as_ref().map(|(t, v)| (t, *v)), limit)
+                .await
+                .unwrap();
+            assert!(page.len() <= limit);
+            assert!(page.iter().all(|r| r.state != DekState::Destroyed));
+            assert!(page.windows(2).all(|w| key(&w[0]) < key(&w[1])));
+            seen.extend(page.iter().map(key).filter(ours));
+            if page.len() < limit {
+                break;
+            }
+            after = page.last().map(|r| (r.tenant.clone(), r.version));
+        }
+        assert_eq!(seen, expected, "page size {limit}");
+    }
+    assert_eq!(
+        expected.len(),
+        8,
+        "two live keys in each of four tenants, none in the fifth"
+    );
+}
+
 pub async fn scanning_secrets_visits_each_record_once_in_order(store: Arc<dyn Store>) {
     let mine: BTreeSet<TenantId> = (0..5)
         .map(|i| unique_tenant(&format!("sscan{i}")))
@@ -943,6 +1004,7 @@ macro_rules! store_conformance_tests {
             batched_writes_apply_each_condition_separately,
             empty_batches_are_no_ops,
             scanning_deks_visits_each_record_once_in_order,
+            scanning_live_deks_skips_tombstones_only,
             scanning_secrets_visits_each_record_once_in_order,
             grouped_counts_page_through_every_tenant_and_version,
         );

@@ -556,6 +556,22 @@ impl Store for PostgresStore {
         rows.iter().map(dek_record).collect()
     }
 
+    async fn scan_live_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        n: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        let rows = sqlx::query(self.sql.scan_live_deks.clone())
+            .bind(tenant)
+            .bind(version)
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(dek_record).collect()
+    }
+
     async fn scan_secrets(
         &self,
         after: Option<(&TenantId, &SecretName)>,

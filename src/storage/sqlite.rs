@@ -693,6 +693,27 @@ impl Store for SqliteStore {
         rows.iter().map(dek_row).collect()
     }
 
+    async fn scan_live_deks(
+        &self,
+        after: Option<(&TenantId, DekVersion)>,
+        n: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        let sql = concat!(
+            "SELECT ",
+            dek_columns!(),
+            " FROM credvault_deks WHERE (tenant, version) > (?, ?) AND state <> 3 ORDER BY tenant, version LIMIT ?"
+        );
+        let rows = sqlx::query(sql)
+            .bind(tenant)
+            .bind(version)
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(dek_row).collect()
+    }
+
     async fn delete_dek(
         &self,
         tenant: &TenantId,

@@ -92,7 +92,7 @@ impl Vault {
         let scan = |after: Option<(TenantId, DekVersion)>| async move {
             self.inner
                 .store
-                .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), batch)
+                .scan_live_deks(after.as_ref().map(|(t, v)| (t, *v)), batch)
                 .await
         };
         // The count for the progress total is taken beside the first page's read.

@@ -42,6 +42,7 @@ pub(super) struct Statements {
     pub(super) delete_dek: SqlStr,
     pub(super) dek_exists: SqlStr,
     pub(super) scan_deks: SqlStr,
+    pub(super) scan_live_deks: SqlStr,
     pub(super) list_tenants: SqlStr,
     pub(super) count_by_master_key: SqlStr,
     pub(super) get_secret: SqlStr,
@@ -151,6 +152,10 @@ impl Statements {
             )),
             scan_deks: sql(format!(
                 "SELECT {DEK_COLUMNS} FROM {deks} WHERE (tenant, version) > ($1, $2)
+                 ORDER BY tenant, version LIMIT $3"
+            )),
+            scan_live_deks: sql(format!(
+                "SELECT {DEK_COLUMNS} FROM {deks} WHERE (tenant, version) > ($1, $2) AND state <> 3
                  ORDER BY tenant, version LIMIT $3"
             )),
             list_tenants: sql(format!(
