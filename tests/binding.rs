@@ -19,16 +19,28 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use common::*;
 use credvault::keys::WrappedDek;
-use credvault::storage::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
+use credvault::storage::{DekRecord, MemoryStore, PutMode, SecretMetadata, SecretRecord, Store};
 use credvault::{
     ApiKey, DekVersion, Error, ErrorKind, LocalMasterKey, MasterKeyRing, RowVersion, SecretBytes,
     SecretName, TenantId, Vault,
 };
 
+/// Every backend through the `Store` trait, plus a vault that owns its `MemoryStore`
+/// (`Vault::builder`), whose `put` and `get` take the synchronous fast path: its checks
+/// must refuse a moved row exactly as the general path does.
 async fn setup() -> Vec<(Arc<dyn Store>, Vault)> {
+    let mut vaults: Vec<(Arc<dyn Store>, Vault)> = stores()
+        .await
+        .into_iter()
+        .map(|(_, store)| {
+            let vault = vault_over(&store);
+            (store, vault)
+        })
+        .collect();
+    let owned = Vault::builder(MemoryStore::new(), ring()).build().unwrap();
+    vaults.push((Arc::clone(owned.store()), owned));
     let mut out = Vec::new();
-    for (_, store) in stores().await {
-        let vault = vault_over(&store);
+    for (store, vault) in vaults {
         for t in ["acme", "globex"] {
             vault.create_tenant(&tenant(t)).await.unwrap();
             vault
