@@ -182,6 +182,25 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A data-key scan page: `sql` binds (tenant, version) after which to start, then the
+    /// limit (`scan_deks` and `scan_live_deks`).
+    async fn scan_deks_with(
+        &self,
+        sql: sqlx::SqlStr,
+        after: Option<(&TenantId, DekVersion)>,
+        n: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        let rows = sqlx::query(sql)
+            .bind(tenant)
+            .bind(version)
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(dek_record).collect()
+    }
+
     /// Creates or upgrades the schema. Idempotent, and safe when many instances run it at
     /// once: it holds a transaction-scoped advisory lock derived from the schema and prefix.
     ///
@@ -561,15 +580,8 @@ impl Store for PostgresStore {
         after: Option<(&TenantId, DekVersion)>,
         n: usize,
     ) -> Result<Vec<DekRecord>, Error> {
-        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
-        let rows = sqlx::query(self.sql.scan_live_deks.clone())
-            .bind(tenant)
-            .bind(version)
-            .bind(limit(n))
-            .fetch_all(&self.pool)
+        self.scan_deks_with(self.sql.scan_live_deks.clone(), after, n)
             .await
-            .map_err(map_err)?;
-        rows.iter().map(dek_record).collect()
     }
 
     async fn scan_secrets(

@@ -235,6 +235,25 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A data-key scan page: `sql` binds (tenant, version) after which to start, then the
+    /// limit (`scan_deks` and `scan_live_deks`).
+    async fn scan_deks_with(
+        &self,
+        sql: &'static str,
+        after: Option<(&TenantId, DekVersion)>,
+        n: usize,
+    ) -> Result<Vec<DekRecord>, Error> {
+        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        let rows = sqlx::query(sql)
+            .bind(tenant)
+            .bind(version)
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(dek_row).collect()
+    }
+
     /// The underlying pool.
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
@@ -677,20 +696,12 @@ impl Store for SqliteStore {
         after: Option<(&TenantId, DekVersion)>,
         n: usize,
     ) -> Result<Vec<DekRecord>, Error> {
-        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
         let sql = concat!(
             "SELECT ",
             dek_columns!(),
             " FROM credvault_deks WHERE (tenant, version) > (?, ?) ORDER BY tenant, version LIMIT ?"
         );
-        let rows = sqlx::query(sql)
-            .bind(tenant)
-            .bind(version)
-            .bind(limit(n))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        rows.iter().map(dek_row).collect()
+        self.scan_deks_with(sql, after, n).await
     }
 
     async fn scan_live_deks(
@@ -698,20 +709,12 @@ impl Store for SqliteStore {
         after: Option<(&TenantId, DekVersion)>,
         n: usize,
     ) -> Result<Vec<DekRecord>, Error> {
-        let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
         let sql = concat!(
             "SELECT ",
             dek_columns!(),
             " FROM credvault_deks WHERE (tenant, version) > (?, ?) AND state <> 3 ORDER BY tenant, version LIMIT ?"
         );
-        let rows = sqlx::query(sql)
-            .bind(tenant)
-            .bind(version)
-            .bind(limit(n))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        rows.iter().map(dek_row).collect()
+        self.scan_deks_with(sql, after, n).await
     }
 
     async fn delete_dek(
