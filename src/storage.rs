@@ -30,7 +30,7 @@ pub(crate) mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -473,6 +473,67 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
             cursor = tenants.last().cloned();
         }
         Ok(out)
+    }
+
+    /// How many secrets are sealed under another data-key version than their tenant's
+    /// newest active one: what [`crate::Vault::reencrypt_all`] has left to move, and its
+    /// progress total. Tenants without an active key count nothing. A snapshot, which
+    /// concurrent writes may change while it is taken.
+    ///
+    /// The default implementation merges [`Store::count_secrets_by_tenant_version`] with
+    /// [`Store::scan_live_deks`], page by page; SQL backends answer with one aggregate
+    /// query.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn count_secrets_to_reencrypt(&self) -> Result<u64, Error> {
+        const PAGE: usize = 1000;
+        let mut total = 0;
+        let mut groups_after: Option<(TenantId, DekVersion)> = None;
+        let mut keys = VecDeque::new();
+        let mut keys_after: Option<(TenantId, DekVersion)> = None;
+        let mut keys_done = false;
+        // The tenant last looked up, and its newest active version.
+        let mut target: Option<(TenantId, Option<DekVersion>)> = None;
+        loop {
+            let groups = self
+                .count_secrets_by_tenant_version(groups_after.as_ref().map(|(t, v)| (t, *v)), PAGE)
+                .await?;
+            for (tenant, version, count) in &groups {
+                if target.as_ref().is_none_or(|(t, _)| t != tenant) {
+                    let mut newest = None;
+                    loop {
+                        if keys.is_empty() && !keys_done {
+                            let page: Vec<DekRecord> = self
+                                .scan_live_deks(keys_after.as_ref().map(|(t, v)| (t, *v)), PAGE)
+                                .await?;
+                            keys_done = page.len() < PAGE;
+                            keys_after = page.last().map(|r| (r.tenant.clone(), r.version));
+                            keys.extend(page);
+                        }
+                        match keys.front() {
+                            Some(r) if r.tenant <= *tenant => {
+                                if r.tenant == *tenant && r.state == DekState::Active {
+                                    newest = newest.max(Some(r.version));
+                                }
+                                keys.pop_front();
+                            }
+                            _ => break,
+                        }
+                    }
+                    target = Some((tenant.clone(), newest));
+                }
+                if let Some((_, Some(newest))) = &target
+                    && newest != version
+                {
+                    total += count;
+                }
+            }
+            if groups.len() < PAGE {
+                return Ok(total);
+            }
+            groups_after = groups.last().map(|(t, v, _)| (t.clone(), *v));
+        }
     }
 
     /// How many live (not destroyed) data keys each master key wraps, over all tenants.

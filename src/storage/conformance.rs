@@ -784,6 +784,184 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
     assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
 }
 
+/// A batch of hundreds of conditional updates of distinct rows (as rotation sweeps write),
+/// mixed with creates, upserts and updates of missing rows: every condition is checked
+/// on its own row, every winner gets the next row version and its new columns, every
+/// loser is a conflict that changed nothing, and no write touches the creation time.
+pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>) {
+    const N: usize = 300;
+    let t = unique_tenant("large-batch");
+    let names: Vec<SecretName> = (0..N).map(|i| name(&format!("s{i:03}"))).collect();
+    let created = store
+        .put_secrets(
+            names
+                .iter()
+                .map(|n| (secret_record(&t, n, vec![1]), PutMode::Create))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        created
+            .iter()
+            .all(|r| r.as_ref().ok() == Some(&RowVersion::INITIAL))
+    );
+    // Every fifth row is one version ahead.
+    for n in names.iter().step_by(5) {
+        store
+            .put_secret(
+                secret_record(&t, n, vec![1]),
+                PutMode::Update(RowVersion::INITIAL),
+            )
+            .await
+            .unwrap();
+    }
+    let stale = |i: usize| i % 7 == 3;
+    let current = |i: usize| RowVersion(if i.is_multiple_of(5) { 2 } else { 1 });
+    let later = Timestamp::from_millis(1_800_000_000_000);
+    let moved = |n: &SecretName, i: usize| {
+        let mut r = secret_record(&t, n, vec![2, (i % 251) as u8]);
+        r.metadata.kind = SecretKind::Bytes;
+        r.metadata.dek_version = DekVersion::new(2).unwrap();
+        r.metadata.updated_at = later;
+        r
+    };
+    let mut batch: Vec<(SecretRecord, PutMode)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let expected = if stale(i) { RowVersion(9) } else { current(i) };
+            (moved(n, i), PutMode::Update(expected))
+        })
+        .collect();
+    batch.push((
+        secret_record(&t, &name("missing"), vec![3]),
+        PutMode::Update(RowVersion::INITIAL),
+    ));
+    batch.push((
+        secret_record(&t, &name("new-create"), vec![4]),
+        PutMode::Create,
+    ));
+    batch.push((
+        secret_record(&t, &name("new-upsert"), vec![5]),
+        PutMode::Upsert,
+    ));
+    let results = store.put_secrets(batch).await.unwrap();
+    assert_eq!(results.len(), N + 3);
+    for (i, n) in names.iter().enumerate() {
+        let stored = store.get_secret(&t, n).await.unwrap().unwrap();
+        if stale(i) {
+            assert_eq!(
+                results[i].as_ref().unwrap_err().kind(),
+                ErrorKind::Conflict,
+                "row {i}"
+            );
+            assert_eq!(stored.envelope, [1], "row {i}");
+            assert_eq!(stored.metadata.row_version, current(i));
+            assert_eq!(stored.metadata.dek_version, DekVersion::FIRST);
+        } else {
+            let next = current(i).next().unwrap();
+            assert_eq!(results[i].as_ref().unwrap(), &next, "row {i}");
+            assert_eq!(stored.envelope, [2, (i % 251) as u8], "row {i}");
+            assert_eq!(stored.metadata.row_version, next);
+            assert_eq!(stored.metadata.kind, SecretKind::Bytes);
+            assert_eq!(stored.metadata.dek_version, DekVersion::new(2).unwrap());
+            assert_eq!(stored.metadata.updated_at, later);
+        }
+        assert_eq!(
+            stored.metadata.created_at,
+            Timestamp::from_millis(1_700_000_000_000)
+        );
+    }
+    assert_eq!(results[N].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    assert!(
+        store
+            .get_secret(&t, &name("missing"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(results[N + 1].as_ref().unwrap(), &RowVersion::INITIAL);
+    assert_eq!(results[N + 2].as_ref().unwrap(), &RowVersion::INITIAL);
+    large_dek_batches_apply_each_condition_separately(store.as_ref()).await;
+}
+
+/// The data-key side of [`large_batches_apply_each_condition_separately`].
+async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
+    const K: u32 = 150;
+    let t = unique_tenant("large-dek-batch");
+    let later = Timestamp::from_millis(1_800_000_000_000);
+    let created = store
+        .put_deks(
+            (1..=K)
+                .map(|v| (dek_record(&t, v, 1), PutMode::Create))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok));
+    let stale = |v: u32| v % 4 == 1;
+    let mut batch: Vec<(DekRecord, PutMode)> = (1..=K)
+        .map(|v| {
+            let mut r = dek_record(&t, v, 7);
+            r.state = DekState::DecryptOnly;
+            r.updated_at = later;
+            let expected = if stale(v) {
+                RowVersion(2)
+            } else {
+                RowVersion::INITIAL
+            };
+            (r, PutMode::Update(expected))
+        })
+        .collect();
+    batch.push((
+        dek_record(&t, K + 1, 7),
+        PutMode::Update(RowVersion::INITIAL),
+    ));
+    let results = store.put_deks(batch).await.unwrap();
+    for v in 1..=K {
+        let i = (v - 1) as usize;
+        let stored = store
+            .get_dek(&t, DekVersion::new(v).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        if stale(v) {
+            assert_eq!(
+                results[i].as_ref().unwrap_err().kind(),
+                ErrorKind::Conflict,
+                "key {v}"
+            );
+            assert_eq!(
+                stored,
+                DekRecord {
+                    row_version: RowVersion::INITIAL,
+                    ..dek_record(&t, v, 1)
+                }
+            );
+        } else {
+            assert_eq!(results[i].as_ref().unwrap(), &RowVersion(2), "key {v}");
+            let mut want = dek_record(&t, v, 7);
+            want.state = DekState::DecryptOnly;
+            want.updated_at = later;
+            want.created_at = dek_record(&t, v, 1).created_at;
+            want.row_version = RowVersion(2);
+            assert_eq!(stored, want, "key {v}");
+        }
+    }
+    assert_eq!(
+        results[K as usize].as_ref().unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    assert!(
+        store
+            .get_dek(&t, DekVersion::new(K + 1).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 /// A batch with nothing in it succeeds and writes nothing.
 pub async fn empty_batches_are_no_ops(store: Arc<dyn Store>) {
     assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
@@ -976,6 +1154,157 @@ pub async fn grouped_counts_page_through_every_tenant_and_version(store: Arc<dyn
     assert_eq!(ours, expected);
 }
 
+/// The re-encryption count, worked out from every record the store holds: secrets whose
+/// version is not their tenant's newest active one, for tenants that have one.
+async fn pending_by_scanning(store: &dyn Store) -> u64 {
+    let mut newest = std::collections::BTreeMap::<TenantId, DekVersion>::new();
+    let mut after: Option<(TenantId, DekVersion)> = None;
+    loop {
+        let page = store
+            .scan_deks(after.as_ref().map(|(t, v)| (t, *v)), 500)
+            .await
+            .unwrap();
+        for r in page.iter().filter(|r| r.state == DekState::Active) {
+            let e = newest.entry(r.tenant.clone()).or_insert(r.version);
+            *e = (*e).max(r.version);
+        }
+        if page.len() < 500 {
+            break;
+        }
+        after = page.last().map(|r| (r.tenant.clone(), r.version));
+    }
+    let mut total = 0;
+    let mut after: Option<(TenantId, SecretName)> = None;
+    loop {
+        let page = store
+            .scan_secrets(after.as_ref().map(|(t, n)| (t, n)), 500)
+            .await
+            .unwrap();
+        total += page
+            .iter()
+            .filter(|r| {
+                newest
+                    .get(&r.metadata.tenant)
+                    .is_some_and(|v| *v != r.metadata.dek_version)
+            })
+            .count() as u64;
+        if page.len() < 500 {
+            break;
+        }
+        after = page
+            .last()
+            .map(|r| (r.metadata.tenant.clone(), r.metadata.name.clone()));
+    }
+    total
+}
+
+/// `count_secrets_to_reencrypt` counts exactly the secrets not under their tenant's newest
+/// active version: several versions per tenant, a newest key that is decrypt-only,
+/// compromised or destroyed, a tenant with no active key, secrets under a version with no
+/// key record, and a tenant with more data keys than one page. The count is global, so it
+/// is compared with a full scan taken just before and just after it (retried while other
+/// checks write to a shared store).
+pub async fn reencryption_count_matches_the_records(store: Arc<dyn Store>) {
+    let put_secrets = |t: &TenantId, version: u32, n: usize| {
+        let store = Arc::clone(&store);
+        let t = t.clone();
+        async move {
+            for j in 0..n {
+                let mut r = secret_record(&t, &name(&format!("v{version}-{j}")), vec![1]);
+                r.metadata.dek_version = DekVersion::new(version).unwrap();
+                store.put_secret(r, PutMode::Create).await.unwrap();
+            }
+        }
+    };
+    let key = |t: &TenantId, version: u32, state: DekState| {
+        let mut r = dek_record(t, version, 1);
+        r.state = state;
+        r
+    };
+    // Newest active v3 over v1 and v2 (active, decrypt-only): 5 + 2 pending.
+    let ta = unique_tenant("pending-a");
+    for (v, state) in [
+        (1, DekState::Active),
+        (2, DekState::DecryptOnly),
+        (3, DekState::Active),
+    ] {
+        store
+            .put_dek(key(&ta, v, state), PutMode::Create)
+            .await
+            .unwrap();
+    }
+    put_secrets(&ta, 1, 5).await;
+    put_secrets(&ta, 2, 2).await;
+    put_secrets(&ta, 3, 4).await;
+    // Newest key compromised, v2 active: 3 under v1 and 1 under v3 pending.
+    let tb = unique_tenant("pending-b");
+    for (v, state) in [
+        (1, DekState::DecryptOnly),
+        (2, DekState::Active),
+        (3, DekState::Compromised),
+    ] {
+        store
+            .put_dek(key(&tb, v, state), PutMode::Create)
+            .await
+            .unwrap();
+    }
+    put_secrets(&tb, 1, 3).await;
+    put_secrets(&tb, 2, 2).await;
+    put_secrets(&tb, 3, 1).await;
+    // No active key at all: nothing counts.
+    let tc = unique_tenant("pending-c");
+    store
+        .put_dek(key(&tc, 1, DekState::Retired), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_dek(key(&tc, 2, DekState::Destroyed), PutMode::Create)
+        .await
+        .unwrap();
+    put_secrets(&tc, 1, 2).await;
+    // Active v1, a secret under v7 that has no key record, and 1,100 destroyed keys
+    // (more than a page of the scans) below a newest active one.
+    let td = unique_tenant("pending-d");
+    store
+        .put_dek(key(&td, 1, DekState::Active), PutMode::Create)
+        .await
+        .unwrap();
+    put_secrets(&td, 7, 1).await;
+    put_secrets(&td, 1, 1).await;
+    let te = unique_tenant("pending-e");
+    let tombstones: Vec<_> = (1..=1100)
+        .map(|v| (key(&te, v, DekState::Destroyed), PutMode::Create))
+        .collect();
+    assert!(
+        store
+            .put_deks(tombstones)
+            .await
+            .unwrap()
+            .iter()
+            .all(Result::is_ok)
+    );
+    store
+        .put_dek(key(&te, 1101, DekState::Active), PutMode::Create)
+        .await
+        .unwrap();
+    put_secrets(&te, 1100, 2).await;
+    put_secrets(&te, 1101, 1).await;
+
+    let mine: u64 = 5 + 2 + 3 + 1 + 1 + 2;
+    for _ in 0..100 {
+        let before = pending_by_scanning(store.as_ref()).await;
+        let counted = store.count_secrets_to_reencrypt().await.unwrap();
+        let after = pending_by_scanning(store.as_ref()).await;
+        if before == after {
+            assert_eq!(counted, before, "the count disagrees with the records");
+            assert!(counted >= mine);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the store never held still long enough to compare the count");
+}
+
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
@@ -1002,11 +1331,13 @@ macro_rules! store_conformance_tests {
             racing_deletes_of_one_record_all_succeed_once,
             listing_secrets_not_under_a_version_returns_whole_records,
             batched_writes_apply_each_condition_separately,
+            large_batches_apply_each_condition_separately,
             empty_batches_are_no_ops,
             scanning_deks_visits_each_record_once_in_order,
             scanning_live_deks_skips_tombstones_only,
             scanning_secrets_visits_each_record_once_in_order,
             grouped_counts_page_through_every_tenant_and_version,
+            reencryption_count_matches_the_records,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -27,7 +27,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
+use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use sql::Statements;
@@ -684,6 +684,15 @@ impl Store for PostgresStore {
                 Ok((tenant, dek_version(v)?, count(c)?))
             })
             .collect()
+    }
+
+    async fn count_secrets_to_reencrypt(&self) -> Result<u64, Error> {
+        let total: i64 = sqlx::query_scalar(self.sql.count_to_reencrypt.clone())
+            .bind(i64::from(DekState::Active.as_u8()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        count(total)
     }
 
     async fn count_deks_by_master_key(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {

@@ -4,7 +4,9 @@
 //!   loss), a busy timeout so that several processes can share one file.
 //! - Every conditional write is a single SQL statement (`INSERT .. ON CONFLICT DO
 //!   NOTHING`, `UPDATE .. WHERE row_version = ?`, `INSERT .. ON CONFLICT DO UPDATE`), so it
-//!   is atomic against other connections and other processes.
+//!   is atomic against other connections and other processes. A batch runs in one
+//!   `BEGIN IMMEDIATE` transaction, its conditional updates many rows per statement
+//!   (`batch`), each row still checked against its own row version.
 //! - The schema is created and migrated by the crate inside a `BEGIN IMMEDIATE`
 //!   transaction: idempotent, and safe when several processes open the file at once. A
 //!   file written by a newer schema version is refused.
@@ -22,8 +24,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
+mod batch;
+
 use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
+use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 
@@ -839,6 +843,22 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_secrets_to_reencrypt(&self) -> Result<u64, Error> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(g.n), 0)
+             FROM (SELECT tenant, dek_version, COUNT(*) AS n FROM credvault_secrets
+                   GROUP BY tenant, dek_version) AS g
+             JOIN (SELECT tenant, MAX(version) AS newest FROM credvault_deks WHERE state = ?
+                   GROUP BY tenant) AS a ON a.tenant = g.tenant
+             WHERE g.dek_version <> a.newest",
+        )
+        .bind(i64::from(DekState::Active.as_u8()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        u64::try_from(total).map_err(|_| Error::storage(BACKEND, "negative count"))
+    }
+
     async fn count_deks_by_master_key(&self) -> Result<BTreeMap<MasterKeyId, u64>, Error> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT master_key_id, COUNT(*) FROM credvault_deks WHERE state <> 3 GROUP BY master_key_id",
@@ -866,10 +886,7 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (record, mode) in batch {
-            out.push(keep_conditional(write_secret(&mut tx, record, mode).await)?);
-        }
+        let out = batch::write_secrets(&mut tx, batch).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -883,10 +900,7 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (record, mode) in batch {
-            out.push(keep_conditional(write_dek(&mut tx, &record, mode).await)?);
-        }
+        let out = batch::write_deks(&mut tx, batch).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }

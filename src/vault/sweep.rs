@@ -165,43 +165,15 @@ pub(crate) struct Move {
 }
 
 impl Inner {
-    /// Counts the secrets not under their tenant's newest active version, from grouped
-    /// counts and the data-key scan: no envelope is read.
-    pub(crate) async fn count_pending(&self, page: usize) -> Result<u64, Error> {
-        let mut keys = TenantCursor::new(page);
-        let mut total = 0;
-        let mut after: Option<(TenantId, DekVersion)> = None;
-        loop {
-            let groups = self
-                .store
-                .count_secrets_by_tenant_version(after.as_ref().map(|(t, v)| (t, *v)), page)
-                .await?;
-            for (tenant, version, count) in &groups {
-                let deks = keys.deks_of(self, tenant).await?;
-                let target = deks
-                    .iter()
-                    .filter(|r| r.state == DekState::Active)
-                    .map(|r| r.version)
-                    .max();
-                if target.is_some_and(|t| t != *version) {
-                    total += count;
-                }
-            }
-            if groups.len() < page {
-                return Ok(total);
-            }
-            after = groups.last().map(|(t, v, _)| (t.clone(), *v));
-        }
-    }
-
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
     /// round, and returns the number of secrets it expected to move (the progress total).
     ///
     /// A round is first prepared (scanned and planned: reads only), then written: its
     /// encryptions are reserved for all its tenants in one batch, its rows re-sealed and
     /// written in one batch of conditional writes. The next round is prepared while the
-    /// current one is written, and the pending count is taken while the first round is
-    /// prepared, so the reads overlap the writes. At most two rounds are held at once.
+    /// current one is written, and the pending count (one aggregate query on SQL
+    /// backends) is taken while the first round is prepared, so the reads overlap the
+    /// writes. At most two rounds are held at once.
     /// Rows are written in the write stage only, one round after the other, as in a
     /// sequential sweep, so crash safety is unchanged: the rows a prepared round holds are
     /// after those of the round being written, and nothing is written from them until
@@ -215,7 +187,7 @@ impl Inner {
     ) -> Result<u64, Error> {
         let mut cursor = TenantCursor::new(page);
         let (total, first) = tokio::join!(
-            self.count_pending(page),
+            self.store.count_secrets_to_reencrypt(),
             self.prepare_round(&mut cursor, page, report)
         );
         let total = total?;

@@ -56,6 +56,7 @@ pub(super) struct Statements {
     pub(super) list_secrets_not_under: SqlStr,
     pub(super) count_by_version: SqlStr,
     pub(super) count_by_tenant_version: SqlStr,
+    pub(super) count_to_reencrypt: SqlStr,
 }
 
 fn sql(text: String) -> SqlStr {
@@ -212,6 +213,14 @@ impl Statements {
                 "SELECT tenant, dek_version, COUNT(*) FROM {secrets}
                  WHERE (tenant, dek_version) > ($1, $2)
                  GROUP BY tenant, dek_version ORDER BY tenant, dek_version LIMIT $3"
+            )),
+            count_to_reencrypt: sql(format!(
+                "SELECT COALESCE(SUM(g.n), 0)::BIGINT
+                 FROM (SELECT tenant, dek_version, COUNT(*) AS n FROM {secrets}
+                       GROUP BY tenant, dek_version) AS g
+                 JOIN (SELECT tenant, MAX(version) AS newest FROM {deks} WHERE state = $1
+                       GROUP BY tenant) AS a ON a.tenant = g.tenant
+                 WHERE g.dek_version <> a.newest"
             )),
             schema: schema.to_owned(),
             prefix: prefix.to_owned(),
