@@ -784,19 +784,28 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
     assert!(store.put_secrets(Vec::new()).await.unwrap().is_empty());
 }
 
-/// A batch of hundreds of conditional updates of distinct rows (as rotation sweeps write),
-/// mixed with creates, upserts and updates of missing rows: every condition is checked
-/// on its own row, every winner gets the next row version and its new columns, every
-/// loser is a conflict that changed nothing, and no write touches the creation time.
+/// Batches of hundreds of conditional updates of distinct rows (as rotation sweeps write):
+/// all of them holding, some of them stale or naming a missing row, and mixed with
+/// creates and upserts. Every condition is checked on its own row, every winner gets the
+/// next row version and its new columns, every loser is a conflict that changed nothing,
+/// and no write touches the creation time.
 pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>) {
-    const N: usize = 300;
-    let t = unique_tenant("large-batch");
-    let names: Vec<SecretName> = (0..N).map(|i| name(&format!("s{i:03}"))).collect();
+    large_secret_batch(store.as_ref(), "all-hold", false, false, false).await;
+    large_secret_batch(store.as_ref(), "some-stale", true, false, false).await;
+    large_secret_batch(store.as_ref(), "one-missing", false, true, false).await;
+    large_secret_batch(store.as_ref(), "mixed", true, true, true).await;
+    large_dek_batch(store.as_ref(), "dek-all-hold", false, false).await;
+    large_dek_batch(store.as_ref(), "dek-some-stale", true, false).await;
+    large_dek_batch(store.as_ref(), "dek-one-missing", false, true).await;
+}
+
+/// Creates `names` under `t` in one batch, then moves every fifth one version ahead.
+async fn seed_rows(store: &dyn Store, t: &TenantId, names: &[SecretName]) {
     let created = store
         .put_secrets(
             names
                 .iter()
-                .map(|n| (secret_record(&t, n, vec![1]), PutMode::Create))
+                .map(|n| (secret_record(t, n, vec![1]), PutMode::Create))
                 .collect(),
         )
         .await
@@ -810,13 +819,28 @@ pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>
     for n in names.iter().step_by(5) {
         store
             .put_secret(
-                secret_record(&t, n, vec![1]),
+                secret_record(t, n, vec![1]),
                 PutMode::Update(RowVersion::INITIAL),
             )
             .await
             .unwrap();
     }
-    let stale = |i: usize| i % 7 == 3;
+}
+
+/// One batch of 300 updates, every seventh stale when `stale`, then an update of a missing
+/// row when `missing`, and a create and an upsert when `mixed`.
+async fn large_secret_batch(
+    store: &dyn Store,
+    label: &str,
+    stale: bool,
+    missing: bool,
+    mixed: bool,
+) {
+    const N: usize = 300;
+    let t = unique_tenant(label);
+    let names: Vec<SecretName> = (0..N).map(|i| name(&format!("s{i:03}"))).collect();
+    seed_rows(store, &t, &names).await;
+    let is_stale = |i: usize| stale && i % 7 == 3;
     let current = |i: usize| RowVersion(if i.is_multiple_of(5) { 2 } else { 1 });
     let later = Timestamp::from_millis(1_800_000_000_000);
     let moved = |n: &SecretName, i: usize| {
@@ -830,39 +854,48 @@ pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let expected = if stale(i) { RowVersion(9) } else { current(i) };
+            let expected = if is_stale(i) {
+                RowVersion(9)
+            } else {
+                current(i)
+            };
             (moved(n, i), PutMode::Update(expected))
         })
         .collect();
-    batch.push((
-        secret_record(&t, &name("missing"), vec![3]),
-        PutMode::Update(RowVersion::INITIAL),
-    ));
-    batch.push((
-        secret_record(&t, &name("new-create"), vec![4]),
-        PutMode::Create,
-    ));
-    batch.push((
-        secret_record(&t, &name("new-upsert"), vec![5]),
-        PutMode::Upsert,
-    ));
+    if missing {
+        batch.push((
+            secret_record(&t, &name("missing"), vec![3]),
+            PutMode::Update(RowVersion::INITIAL),
+        ));
+    }
+    if mixed {
+        batch.push((
+            secret_record(&t, &name("new-create"), vec![4]),
+            PutMode::Create,
+        ));
+        batch.push((
+            secret_record(&t, &name("new-upsert"), vec![5]),
+            PutMode::Upsert,
+        ));
+    }
+    let len = batch.len();
     let results = store.put_secrets(batch).await.unwrap();
-    assert_eq!(results.len(), N + 3);
+    assert_eq!(results.len(), len);
     for (i, n) in names.iter().enumerate() {
         let stored = store.get_secret(&t, n).await.unwrap().unwrap();
-        if stale(i) {
+        if is_stale(i) {
             assert_eq!(
                 results[i].as_ref().unwrap_err().kind(),
                 ErrorKind::Conflict,
-                "row {i}"
+                "{label} row {i}"
             );
-            assert_eq!(stored.envelope, [1], "row {i}");
+            assert_eq!(stored.envelope, [1], "{label} row {i}");
             assert_eq!(stored.metadata.row_version, current(i));
             assert_eq!(stored.metadata.dek_version, DekVersion::FIRST);
         } else {
             let next = current(i).next().unwrap();
-            assert_eq!(results[i].as_ref().unwrap(), &next, "row {i}");
-            assert_eq!(stored.envelope, [2, (i % 251) as u8], "row {i}");
+            assert_eq!(results[i].as_ref().unwrap(), &next, "{label} row {i}");
+            assert_eq!(stored.envelope, [2, (i % 251) as u8], "{label} row {i}");
             assert_eq!(stored.metadata.row_version, next);
             assert_eq!(stored.metadata.kind, SecretKind::Bytes);
             assert_eq!(stored.metadata.dek_version, DekVersion::new(2).unwrap());
@@ -873,23 +906,27 @@ pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>
             Timestamp::from_millis(1_700_000_000_000)
         );
     }
-    assert_eq!(results[N].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
-    assert!(
-        store
-            .get_secret(&t, &name("missing"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(results[N + 1].as_ref().unwrap(), &RowVersion::INITIAL);
-    assert_eq!(results[N + 2].as_ref().unwrap(), &RowVersion::INITIAL);
-    large_dek_batches_apply_each_condition_separately(store.as_ref()).await;
+    if missing {
+        assert_eq!(results[N].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+        assert!(
+            store
+                .get_secret(&t, &name("missing"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    if mixed {
+        assert_eq!(results[len - 2].as_ref().unwrap(), &RowVersion::INITIAL);
+        assert_eq!(results[len - 1].as_ref().unwrap(), &RowVersion::INITIAL);
+    }
 }
 
-/// The data-key side of [`large_batches_apply_each_condition_separately`].
-async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
+/// The data-key side of [`large_batches_apply_each_condition_separately`]: 150 updates,
+/// every fourth stale when `stale`, then one of a missing key when `missing`.
+async fn large_dek_batch(store: &dyn Store, label: &str, stale: bool, missing: bool) {
     const K: u32 = 150;
-    let t = unique_tenant("large-dek-batch");
+    let t = unique_tenant(label);
     let later = Timestamp::from_millis(1_800_000_000_000);
     let created = store
         .put_deks(
@@ -900,13 +937,13 @@ async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
         .await
         .unwrap();
     assert!(created.iter().all(Result::is_ok));
-    let stale = |v: u32| v % 4 == 1;
+    let is_stale = |v: u32| stale && v % 4 == 1;
     let mut batch: Vec<(DekRecord, PutMode)> = (1..=K)
         .map(|v| {
             let mut r = dek_record(&t, v, 7);
             r.state = DekState::DecryptOnly;
             r.updated_at = later;
-            let expected = if stale(v) {
+            let expected = if is_stale(v) {
                 RowVersion(2)
             } else {
                 RowVersion::INITIAL
@@ -914,10 +951,12 @@ async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
             (r, PutMode::Update(expected))
         })
         .collect();
-    batch.push((
-        dek_record(&t, K + 1, 7),
-        PutMode::Update(RowVersion::INITIAL),
-    ));
+    if missing {
+        batch.push((
+            dek_record(&t, K + 1, 7),
+            PutMode::Update(RowVersion::INITIAL),
+        ));
+    }
     let results = store.put_deks(batch).await.unwrap();
     for v in 1..=K {
         let i = (v - 1) as usize;
@@ -926,7 +965,7 @@ async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
             .await
             .unwrap()
             .unwrap();
-        if stale(v) {
+        if is_stale(v) {
             assert_eq!(
                 results[i].as_ref().unwrap_err().kind(),
                 ErrorKind::Conflict,
@@ -949,10 +988,12 @@ async fn large_dek_batches_apply_each_condition_separately(store: &dyn Store) {
             assert_eq!(stored, want, "key {v}");
         }
     }
-    assert_eq!(
-        results[K as usize].as_ref().unwrap_err().kind(),
-        ErrorKind::Conflict
-    );
+    if missing {
+        assert_eq!(
+            results[K as usize].as_ref().unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+    }
     assert!(
         store
             .get_dek(&t, DekVersion::new(K + 1).unwrap())

@@ -881,27 +881,13 @@ impl Store for SqliteStore {
         &self,
         batch: Vec<(SecretRecord, PutMode)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let out = batch::write_secrets(&mut tx, batch).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(out)
+        batch::write(&self.pool, batch).await
     }
 
     async fn put_deks(
         &self,
         batch: Vec<(DekRecord, PutMode)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let out = batch::write_deks(&mut tx, batch).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(out)
+        batch::write(&self.pool, batch).await
     }
 }

@@ -1,22 +1,24 @@
-//! Batched conditional updates: many rows per SQL statement.
+//! Batched writes: many conditional updates per SQL statement.
 //!
-//! sqlx runs every SQLite statement on the connection's worker thread and waits for it. On
-//! a small machine that hand-off costs several times SQLite's own work for one small row
-//! (see "Rotation jobs" in `BENCHMARKS.md`), so a batch written one statement per row
-//! spends most of its time switching threads. The conditional updates of a batch
-//! ([`PutMode::Update`], the writes of rotation sweeps and reservations) are therefore
-//! written as `UPDATE .. FROM (VALUES ..) .. RETURNING` statements of up to [`CHUNK`] rows:
+//! sqlx runs every SQLite statement on the connection's worker thread and waits for it,
+//! and hands every result row back through a channel. On a small machine that costs more
+//! than SQLite's own work for one small row (see "Rotation jobs" in `BENCHMARKS.md`), so a
+//! batch written one statement per row spends most of its time switching threads. A batch
+//! of conditional updates of distinct rows ([`PutMode::Update`]: the writes of rotation
+//! sweeps and of their reservations) is therefore written as `UPDATE .. FROM (VALUES ..)`
+//! statements of up to [`CHUNK`] rows, in one `BEGIN IMMEDIATE` transaction:
 //!
 //! - each source row names one stored row by its primary key and the row version it
 //!   expects, exactly as the one-row `UPDATE .. WHERE row_version = ?` does;
-//! - the statement returns the keys it updated: a row whose key is not returned had
-//!   another row version, or was gone, which is the one-row statement's conflict;
-//! - the caller runs every statement of a batch in one `BEGIN IMMEDIATE` transaction, so
-//!   the batch is as atomic as before against other connections and processes.
+//! - when every statement updated all of its rows, every condition held: the batch
+//!   commits and each row has the next row version;
+//! - when one did not, some condition failed: the transaction is rolled back and the
+//!   batch written again one statement per row, which reports each row's outcome. The
+//!   write lock is held from the first attempt's `BEGIN IMMEDIATE` until its rollback,
+//!   and a conflict means a concurrent writer, so this path is rare.
 //!
-//! The multi-row form needs distinct keys (`UPDATE .. FROM` applies at most one source row
-//! to a stored row). A batch that names a key twice is written one statement per row, in
-//! order, as before. Creates and upserts are always written one statement per row.
+//! Any other batch (a create or an upsert in it, or a key named twice, which
+//! `UPDATE .. FROM` would apply once) is written one statement per row, in order.
 //!
 //! Statement sizes are [`CHUNK`] and the powers of two below it, so that a connection
 //! prepares at most eight statements per table and its statement cache reuses them.
@@ -25,10 +27,10 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::LazyLock;
 
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::Arguments;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
 
-use super::{Query, map_err, write_dek, write_secret};
+use super::{BACKEND, map_err, write_dek, write_secret};
 use crate::error::Error;
 use crate::ids::RowVersion;
 use crate::storage::rows::to_sql_u64;
@@ -42,12 +44,10 @@ const CHUNK: usize = 128;
 /// of two that fits.
 fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
-        let take = if n >= CHUNK {
-            CHUNK
-        } else if n == 0 {
-            return None;
-        } else {
-            1 << n.ilog2()
+        let take = match n {
+            0 => return None,
+            n if n >= CHUNK => CHUNK,
+            n => 1 << n.ilog2(),
         };
         n -= take;
         Some(take)
@@ -77,8 +77,7 @@ static SECRET_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
            row_version = credvault_secrets.row_version + 1
          FROM v
          WHERE credvault_secrets.tenant = v.tenant AND credvault_secrets.name = v.name
-           AND credvault_secrets.row_version = v.expected
-         RETURNING tenant, name",
+           AND credvault_secrets.row_version = v.expected",
     )
 });
 
@@ -93,22 +92,24 @@ static DEK_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
            row_version = credvault_deks.row_version + 1
          FROM v
          WHERE credvault_deks.tenant = v.tenant AND credvault_deks.version = v.version
-           AND credvault_deks.row_version = v.expected
-         RETURNING tenant, version",
+           AND credvault_deks.row_version = v.expected",
     )
 });
 
-/// What a table contributes to a batched update.
-trait Batched: Sized {
-    /// The primary key, borrowed from a record or from a returned row.
-    type Key<'a>: Eq + Hash;
-    const WHAT: &'static str;
+/// What a table contributes to a batched write.
+pub(super) trait Batched: Sized {
+    /// The primary key.
+    type Key<'a>: Eq + Hash
+    where
+        Self: 'a;
+
+    /// Bound values per source row.
+    const VALUES: usize;
 
     fn key(&self) -> Self::Key<'_>;
     fn statement(n: usize) -> &'static str;
-    /// Binds one source row: the key, the new values and the expected row version.
-    fn bind<'q>(&'q self, q: Query<'q>, expected: i64) -> Result<Query<'q>, Error>;
-    fn returned(row: &SqliteRow) -> Result<Self::Key<'_>, sqlx::Error>;
+    /// Adds one source row: the key, the new values and the expected row version.
+    fn bind(&self, args: &mut SqliteArguments, expected: i64) -> Result<(), Error>;
     /// The one-row write.
     async fn write_one(
         conn: &mut SqliteConnection,
@@ -119,7 +120,7 @@ trait Batched: Sized {
 
 impl Batched for SecretRecord {
     type Key<'a> = (&'a str, &'a str);
-    const WHAT: &'static str = "secret";
+    const VALUES: usize = 7;
 
     fn key(&self) -> Self::Key<'_> {
         (self.metadata.tenant.as_str(), self.metadata.name.as_str())
@@ -129,19 +130,15 @@ impl Batched for SecretRecord {
         sql(&SECRET_UPDATES, n)
     }
 
-    fn bind<'q>(&'q self, q: Query<'q>, expected: i64) -> Result<Query<'q>, Error> {
+    fn bind(&self, args: &mut SqliteArguments, expected: i64) -> Result<(), Error> {
         let m = &self.metadata;
-        Ok(q.bind(m.tenant.as_str())
-            .bind(m.name.as_str())
-            .bind(i64::from(m.kind.as_u8()))
-            .bind(i64::from(m.dek_version.get()))
-            .bind(self.envelope.as_slice())
-            .bind(m.updated_at.as_millis())
-            .bind(expected))
-    }
-
-    fn returned(row: &SqliteRow) -> Result<Self::Key<'_>, sqlx::Error> {
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        add(args, m.tenant.as_str())?;
+        add(args, m.name.as_str())?;
+        add(args, i64::from(m.kind.as_u8()))?;
+        add(args, i64::from(m.dek_version.get()))?;
+        add(args, self.envelope.as_slice())?;
+        add(args, m.updated_at.as_millis())?;
+        add(args, expected)
     }
 
     async fn write_one(
@@ -154,34 +151,30 @@ impl Batched for SecretRecord {
 }
 
 impl Batched for DekRecord {
-    type Key<'a> = (&'a str, i64);
-    const WHAT: &'static str = "data key";
+    type Key<'a> = (&'a str, u32);
+    const VALUES: usize = 9;
 
     fn key(&self) -> Self::Key<'_> {
-        (self.tenant.as_str(), i64::from(self.version.get()))
+        (self.tenant.as_str(), self.version.get())
     }
 
     fn statement(n: usize) -> &'static str {
         sql(&DEK_UPDATES, n)
     }
 
-    fn bind<'q>(&'q self, q: Query<'q>, expected: i64) -> Result<Query<'q>, Error> {
-        Ok(q.bind(self.tenant.as_str())
-            .bind(i64::from(self.version.get()))
-            .bind(i64::from(self.state.as_u8()))
-            .bind(i64::from(self.suite.as_u8()))
-            .bind(self.wrapped.master_key_id().as_str())
-            .bind(self.wrapped.as_bytes())
-            .bind(to_sql_u64(
-                self.encryptions_reserved,
-                "encryptions reserved",
-            )?)
-            .bind(self.updated_at.as_millis())
-            .bind(expected))
-    }
-
-    fn returned(row: &SqliteRow) -> Result<Self::Key<'_>, sqlx::Error> {
-        Ok((row.try_get(0)?, row.try_get(1)?))
+    fn bind(&self, args: &mut SqliteArguments, expected: i64) -> Result<(), Error> {
+        add(args, self.tenant.as_str())?;
+        add(args, i64::from(self.version.get()))?;
+        add(args, i64::from(self.state.as_u8()))?;
+        add(args, i64::from(self.suite.as_u8()))?;
+        add(args, self.wrapped.master_key_id().as_str())?;
+        add(args, self.wrapped.as_bytes())?;
+        add(
+            args,
+            to_sql_u64(self.encryptions_reserved, "encryptions reserved")?,
+        )?;
+        add(args, self.updated_at.as_millis())?;
+        add(args, expected)
     }
 
     async fn write_one(
@@ -193,76 +186,81 @@ impl Batched for DekRecord {
     }
 }
 
-/// Writes a batch of secrets on `conn` (inside the caller's transaction).
-pub(super) async fn write_secrets(
-    conn: &mut SqliteConnection,
-    batch: Vec<(SecretRecord, PutMode)>,
-) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-    write_batch(conn, batch).await
-}
-
-/// Writes a batch of data keys on `conn` (inside the caller's transaction).
-pub(super) async fn write_deks(
-    conn: &mut SqliteConnection,
-    batch: Vec<(DekRecord, PutMode)>,
-) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-    write_batch(conn, batch).await
-}
-
-async fn write_batch<R: Batched>(
-    conn: &mut SqliteConnection,
+/// Writes `batch` in one `BEGIN IMMEDIATE` transaction (see the module documentation).
+pub(super) async fn write<R: Batched>(
+    pool: &SqlitePool,
     batch: Vec<(R, PutMode)>,
 ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-    let distinct = {
-        let keys: HashSet<R::Key<'_>> = batch.iter().map(|(r, _)| r.key()).collect();
-        keys.len() == batch.len()
-    };
-    let mut out: Vec<Option<Result<RowVersion, Error>>> = Vec::with_capacity(batch.len());
-    // The conditional updates: (position, record, expected, new row version).
-    let mut updates: Vec<(usize, R, i64, RowVersion)> = Vec::new();
-    for (i, (record, mode)) in batch.into_iter().enumerate() {
-        match mode {
-            PutMode::Update(expected) if distinct => match expected.next() {
-                Some(next) => {
-                    let sql_expected = to_sql_u64(expected.0, "row version")?;
-                    updates.push((i, record, sql_expected, next));
-                    out.push(None);
-                }
-                None => out.push(Some(Err(Error::Conflict { what: R::WHAT }))),
-            },
-            // Distinct keys do not depend on each other, so the one-row writes may go
-            // before the batched updates.
-            mode => out.push(Some(keep_conditional(
-                R::write_one(conn, record, mode).await,
-            )?)),
+    if let Some(expected) = conditional_updates(&batch) {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        if let Some(next) = update_all(&mut tx, &batch, &expected).await? {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(next.into_iter().map(Ok).collect());
+        }
+        tx.rollback().await.map_err(map_err)?;
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (record, mode) in batch {
+        out.push(keep_conditional(R::write_one(&mut tx, record, mode).await)?);
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(out)
+}
+
+/// The expected row versions, when `batch` holds at least two conditional updates, of
+/// distinct keys, and nothing else.
+fn conditional_updates<R: Batched>(batch: &[(R, PutMode)]) -> Option<Vec<RowVersion>> {
+    let expected = batch
+        .iter()
+        .map(|(_, mode)| match mode {
+            PutMode::Update(v) => Some(*v),
+            PutMode::Create | PutMode::Upsert => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let keys: HashSet<R::Key<'_>> = batch.iter().map(|(r, _)| r.key()).collect();
+    (batch.len() >= 2 && keys.len() == batch.len()).then_some(expected)
+}
+
+/// Applies every update of `batch` with multi-row statements: the new row versions when
+/// every condition held, `None` as soon as one did not (the caller rolls back).
+async fn update_all<R: Batched>(
+    conn: &mut SqliteConnection,
+    batch: &[(R, PutMode)],
+    expected: &[RowVersion],
+) -> Result<Option<Vec<RowVersion>>, Error> {
+    let mut next = Vec::with_capacity(expected.len());
+    let mut sql_expected = Vec::with_capacity(expected.len());
+    for v in expected {
+        let Some(n) = v.next() else { return Ok(None) };
+        next.push(n);
+        sql_expected.push(to_sql_u64(v.0, "row version")?);
+    }
+    let mut start = 0;
+    for n in chunk_sizes(batch.len()) {
+        let rows = batch.get(start..start + n).unwrap_or_default();
+        let versions = sql_expected.get(start..start + n).unwrap_or_default();
+        start += n;
+        // Sized up front: sqlx would otherwise grow the argument list one value at a time.
+        let mut args = SqliteArguments::default();
+        args.reserve(n * R::VALUES, 0);
+        for ((record, _), v) in rows.iter().zip(versions) {
+            record.bind(&mut args, *v)?;
+        }
+        let done = sqlx::query_with(R::statement(n), args)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() != n as u64 {
+            return Ok(None);
         }
     }
-    let mut rest = updates.as_slice();
-    for n in chunk_sizes(rest.len()) {
-        let (chunk, after) = rest.split_at(n);
-        rest = after;
-        let mut q = sqlx::query(R::statement(n));
-        for (_, record, expected, _) in chunk {
-            q = record.bind(q, *expected)?;
-        }
-        let rows = q.fetch_all(&mut *conn).await.map_err(map_err)?;
-        let won = rows
-            .iter()
-            .map(|row| R::returned(row).map_err(map_err))
-            .collect::<Result<HashSet<R::Key<'_>>, Error>>()?;
-        for (i, record, _, next) in chunk {
-            let result = if won.contains(&record.key()) {
-                Ok(*next)
-            } else {
-                Err(Error::Conflict { what: R::WHAT })
-            };
-            if let Some(slot) = out.get_mut(*i) {
-                *slot = Some(result);
-            }
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::Conflict { what: R::WHAT })))
-        .collect())
+    Ok(Some(next))
+}
+
+fn add<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
+    args: &mut SqliteArguments,
+    value: T,
+) -> Result<(), Error> {
+    args.add(value).map_err(|e| Error::storage(BACKEND, e))
 }
