@@ -253,8 +253,9 @@ pub(crate) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     out
 }
 
-/// First 16 bytes of SHA-256(`bytes`): identifies one stored wrapped key, so that a cache
-/// entry is never used for a different key that was given the same (tenant, version).
+/// First 16 bytes of SHA-256(`bytes`), for the Wycheproof and FIPS checks of the SHA-256
+/// under HMAC (the crate itself calls SHA-256 only through HMAC).
+#[cfg(feature = "testkit")]
 pub(crate) fn fingerprint(bytes: &[u8]) -> [u8; 16] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 16];

@@ -77,7 +77,7 @@ pub fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     crate::crypto::hmac_sha256(key, message)
 }
 
-/// The crate's SHA-256 fingerprint of a wrapped key: the first 16 bytes of SHA-256.
+/// The first 16 bytes of SHA-256 (the hash under the crate's HMAC).
 #[must_use]
 pub fn sha256_fingerprint(bytes: &[u8]) -> [u8; 16] {
     crate::crypto::fingerprint(bytes)

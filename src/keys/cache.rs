@@ -29,8 +29,9 @@ use crate::ids::{DekVersion, TenantId};
 pub(crate) struct CachedDek {
     pub(crate) cipher: SecretCipher,
     pub(crate) suite: Suite,
-    /// [`crate::crypto::fingerprint`] of the wrapped key this entry was unwrapped from.
-    pub(crate) wrapped: [u8; 16],
+    /// The wrapped key this entry was unwrapped from (ciphertext, not secret): a stored
+    /// record is this entry's key only if its wrapped bytes are these.
+    pub(crate) wrapped: Box<[u8]>,
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -221,7 +222,7 @@ mod tests {
         Ok(CachedDek {
             cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
             suite: Suite::Aes256Gcm,
-            wrapped: [0; 16],
+            wrapped: Box::new([0; 16]),
         })
     }
 

@@ -166,7 +166,7 @@ impl Inner {
         Ok(CachedDek {
             cipher,
             suite: record.suite,
-            wrapped: crate::crypto::fingerprint(record.wrapped.as_bytes()),
+            wrapped: record.wrapped.as_bytes().into(),
         })
     }
 
@@ -180,14 +180,13 @@ impl Inner {
         record: DekRecord,
     ) -> Result<Arc<CachedDek>, Error> {
         let version = record.version;
-        let current = crate::crypto::fingerprint(record.wrapped.as_bytes());
         let dek = self
             .deks
             .get_or_load(tenant, version, || {
                 self.unwrap_record(tenant, version, Some(record.clone()))
             })
             .await?;
-        if dek.wrapped == current {
+        if *dek.wrapped == *record.wrapped.as_bytes() {
             return Ok(dek);
         }
         self.deks.remove(tenant, version);
@@ -295,8 +294,7 @@ impl Inner {
                 .ok_or(Error::KeyMissing { version })?;
             // Demoted, destroyed, or replaced by another key under the same version (a
             // deleted and re-created tenant): this entry must not seal any more.
-            if record.state != DekState::Active
-                || crate::crypto::fingerprint(record.wrapped.as_bytes()) != active.dek.wrapped
+            if record.state != DekState::Active || *record.wrapped.as_bytes() != *active.dek.wrapped
             {
                 return Ok(false);
             }

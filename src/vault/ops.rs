@@ -386,9 +386,7 @@ impl Vault {
                 // and re-created under the same id) would fail every read until it
                 // expires: check once, and retry with the stored key if it changed.
                 let stored = inner.store.get_dek(tenant, version).await?;
-                let changed = stored.is_some_and(|r| {
-                    crate::crypto::fingerprint(r.wrapped.as_bytes()) != dek.wrapped
-                });
+                let changed = stored.is_some_and(|r| *r.wrapped.as_bytes() != *dek.wrapped);
                 if !changed {
                     return Err(Error::Decryption);
                 }
