@@ -673,3 +673,44 @@ async fn retiring_a_version_takes_effect_at_once_in_this_process() {
         );
     }
 }
+
+/// A secret restored (from a backup, say) under a data key that was destroyed since is not
+/// re-encrypted: `reencrypt_all` reports it as a `KeyDestroyed` failure, distinct from a
+/// missing key, and moves every other secret.
+#[tokio::test]
+async fn reencrypt_all_reports_a_secret_under_a_destroyed_key_as_destroyed() {
+    for (_, store) in stores().await {
+        let vault = vault_over(&store);
+        let t = tenant("restored");
+        vault.create_tenant(&t).await.unwrap();
+        vault
+            .put(&t, &name("old"), &ApiKey::new("sk_old"))
+            .await
+            .unwrap();
+        vault
+            .put(&t, &name("kept"), &ApiKey::new("sk_kept"))
+            .await
+            .unwrap();
+        let backup = store.get_secret(&t, &name("old")).await.unwrap().unwrap();
+        vault.rotate_tenant_key(&t).await.unwrap();
+        vault
+            .reencrypt_all(&JobOptions::default(), |_| {})
+            .await
+            .unwrap();
+        let destroyed = vault.destroy_unused_keys(&t, Duration::ZERO).await.unwrap();
+        assert_eq!(destroyed, [DekVersion::FIRST]);
+        store.put_secret(backup, PutMode::Upsert).await.unwrap();
+        vault.rotate_tenant_key(&t).await.unwrap();
+        let report = vault
+            .reencrypt_all(&JobOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.reencrypted, 1, "the secret under v2 moves to v3");
+        assert_eq!(report.failures.len(), 1);
+        let failure = &report.failures[0];
+        assert_eq!(failure.name.as_ref(), Some(&name("old")));
+        assert_eq!(failure.kind, ErrorKind::KeyDestroyed);
+        let kept: ApiKey = vault.get(&t, &name("kept")).await.unwrap();
+        assert_eq!(kept.expose_secret(), "sk_kept");
+    }
+}

@@ -31,7 +31,8 @@ impl Chunk {
     }
 }
 
-/// Merges `scan_secrets` and `scan_deks`.
+/// Merges `scan_secrets` and `scan_live_deks` (destroyed keys, which pile up with every
+/// rotation, are left out; a secret under one is looked up on its own).
 pub(crate) struct TenantCursor {
     page: usize,
     secrets: VecDeque<SecretRecord>,
@@ -73,7 +74,7 @@ impl TenantCursor {
     async fn refill_deks(&mut self, inner: &Inner) -> Result<(), Error> {
         if self.deks.is_empty() && !self.deks_done {
             let after = self.deks_after.as_ref().map(|(t, v)| (t, *v));
-            let page = inner.store.scan_deks(after, self.page).await?;
+            let page = inner.store.scan_live_deks(after, self.page).await?;
             self.deks_done = page.len() < self.page;
             self.deks_after = page.last().map(|r| (r.tenant.clone(), r.version));
             self.deks.extend(page);
@@ -286,7 +287,11 @@ impl Inner {
             let old = if let Some((_, key)) = keys.iter().find(|(v, _)| *v == version) {
                 Ok(Arc::clone(key))
             } else {
-                let stored = chunk.deks.iter().find(|r| r.version == version).cloned();
+                // Not among the live keys: destroyed (reported as such) or missing.
+                let stored = match chunk.deks.iter().find(|r| r.version == version) {
+                    Some(r) => Some(r.clone()),
+                    None => self.store.get_dek(tenant, version).await?,
+                };
                 let key = match stored {
                     Some(stored) => self.key_for(tenant, stored).await,
                     None => Err(Error::KeyMissing { version }),
