@@ -289,3 +289,50 @@ async fn records_edited_in_redis_fail_to_open() {
         "nothing was written"
     );
 }
+
+/// After `SCRIPT FLUSH` (what a restart does), single calls and pipelined batches load the
+/// scripts again and succeed, each write once (on a private server: the shared one's
+/// scripts are left alone).
+#[tokio::test]
+async fn scripts_flushed_from_the_server_are_loaded_again() {
+    let Some(server) = common::PrivateRedis::start() else {
+        return;
+    };
+    let url = server.url();
+    let store = RedisStore::connect(&url).await.unwrap();
+    let mut conn = raw(&url).await;
+    let mut flush = async || {
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    let t = conformance::unique_tenant("flush");
+    let (a, b) = (SecretName::new("a").unwrap(), SecretName::new("b").unwrap());
+    let record = |n: &SecretName, fill: u8| conformance::secret_record(&t, n, vec![fill; 8]);
+    flush().await;
+    let v = store.put_secret(record(&a, 1), PutMode::Upsert).await;
+    assert_eq!(v.unwrap().0, 1);
+    flush().await;
+    let v = store.put_secret(record(&a, 2), PutMode::Upsert).await;
+    assert_eq!(v.unwrap().0, 2, "written once");
+    flush().await;
+    let got = store.get_secret(&t, &a).await.unwrap().unwrap();
+    assert_eq!((got.envelope, got.metadata.row_version.0), (vec![2; 8], 2));
+    flush().await;
+    let batch = vec![
+        (record(&a, 3), PutMode::Upsert),
+        (record(&b, 4), PutMode::Create),
+    ];
+    let versions: Vec<u64> = store
+        .put_secrets(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(versions, vec![3, 1]);
+    flush().await;
+    assert!(store.delete_secret(&t, &b, None).await.unwrap());
+}

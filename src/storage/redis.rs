@@ -294,11 +294,17 @@ impl RedisStore {
         Ok(replies)
     }
 
-    async fn eval(&self, script: &Script, cmd: Cmd) -> Result<Value, Error> {
-        self.eval_many(vec![(script, cmd)])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::storage(BACKEND, "empty reply"))
+    /// Runs one script by hash, without a pipeline; loads it and runs it again once if the
+    /// server did not know it (after a restart or `SCRIPT FLUSH`).
+    async fn eval(&self, script: &Script, cmd: &Cmd) -> Result<Value, Error> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await.map_err(map_err)?;
+                cmd.query_async(&mut conn).await.map_err(map_err)
+            }
+            reply => reply.map_err(map_err),
+        }
     }
 
     fn put_secret_cmd(&self, record: &SecretRecord, mode: PutMode) -> Result<Cmd, Error> {
@@ -376,7 +382,7 @@ impl RedisStore {
                 .arg(&skip)
                 .arg(examine)
                 .arg(PAGE_BYTE_BUDGET);
-            let reply = self.eval(&self.scripts.read_page, cmd).await?;
+            let reply = self.eval(&self.scripts.read_page, &cmd).await?;
             let (last, exhausted, records) = page_reply(reply)?;
             out.extend(records);
             match last {
@@ -574,7 +580,7 @@ impl Store for RedisStore {
             .arg("dek")
             .arg(MAX_STORED_WRAPPED_KEY)
             .arg(dek_member(tenant, version));
-        match self.eval(&self.scripts.read_one, cmd).await? {
+        match self.eval(&self.scripts.read_one, &cmd).await? {
             Value::Array(fields) => layout::dek_from_reply(&fields).map(Some),
             Value::Nil => Ok(None),
             _ => Err(malformed("record reply")),
@@ -588,7 +594,7 @@ impl Store for RedisStore {
 
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let cmd = self.put_dek_cmd(&record, mode)?;
-        let reply = self.eval(&self.scripts.put_dek, cmd).await?;
+        let reply = self.eval(&self.scripts.put_dek, &cmd).await?;
         write_outcome(&reply, "data key")
     }
 
@@ -602,7 +608,7 @@ impl Store for RedisStore {
             .arg("whole")
             .arg(MAX_STORED_ENVELOPE)
             .arg(secret_member(tenant, name));
-        match self.eval(&self.scripts.read_one, cmd).await? {
+        match self.eval(&self.scripts.read_one, &cmd).await? {
             Value::Array(fields) => {
                 let (metadata, envelope) = layout::secret_from_reply(&fields, true)?;
                 Ok(Some(SecretRecord {
@@ -617,7 +623,7 @@ impl Store for RedisStore {
 
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let cmd = self.put_secret_cmd(&record, mode)?;
-        let reply = self.eval(&self.scripts.put_secret, cmd).await?;
+        let reply = self.eval(&self.scripts.put_secret, &cmd).await?;
         write_outcome(&reply, "secret")
     }
 
@@ -636,7 +642,7 @@ impl Store for RedisStore {
             .arg(&self.layout.secrets_index)
             .arg(expected)
             .arg(secret_member(tenant, name));
-        match self.eval(&self.scripts.delete_secret, cmd).await? {
+        match self.eval(&self.scripts.delete_secret, &cmd).await? {
             Value::Int(1) => Ok(true),
             Value::Int(0) => Ok(false),
             Value::Int(-2) => Err(Error::Conflict { what: "secret" }),
@@ -730,7 +736,7 @@ impl Store for RedisStore {
             .arg(tenant.as_str())
             .arg(lo)
             .arg(hi);
-        match self.eval(&self.scripts.delete_dek, cmd).await? {
+        match self.eval(&self.scripts.delete_dek, &cmd).await? {
             Value::Int(1) => Ok(true),
             Value::Int(0) => Ok(false),
             Value::Int(-2) => Err(Error::Conflict { what: "data key" }),
