@@ -336,3 +336,61 @@ async fn scripts_flushed_from_the_server_are_loaded_again() {
     flush().await;
     assert!(store.delete_secret(&t, &b, None).await.unwrap());
 }
+
+/// The row version a write stores is the stored one plus one, written as plain decimal
+/// (no exponent, whatever its size); one that Lua cannot count exactly (2^53 or more) or
+/// that is not decimal is refused before anything is written.
+#[tokio::test]
+async fn row_versions_are_counted_exactly_or_refused() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("cvtest:{}", servers::unique_suffix());
+    let store = servers::redis_under(&url, &prefix).await;
+    let tenant = conformance::unique_tenant("count");
+    let name = SecretName::new("n").unwrap();
+    let key = format!("{{{prefix}}}:s:{tenant}:n");
+    let mut conn = raw(&url).await;
+    let record = |fill: u8| conformance::secret_record(&tenant, &name, vec![fill; 8]);
+    store.put_secret(record(0), PutMode::Create).await.unwrap();
+    let cases: [(&str, Option<u64>); 7] = [
+        ("99999999999999", Some(100_000_000_000_000)),
+        ("9007199254740991", Some(9_007_199_254_740_992)),
+        ("0007", Some(8)),
+        ("9007199254740992", None),
+        ("18446744073709551616", None),
+        ("-1", None),
+        ("1e3", None),
+    ];
+    for (fill, (stored, expected)) in (1..).zip(cases) {
+        let _: i64 = redis::cmd("HSET")
+            .arg(&key)
+            .arg("r")
+            .arg(stored)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let result = store.put_secret(record(fill), PutMode::Upsert).await;
+        let row: String = redis::cmd("HGET")
+            .arg(&key)
+            .arg("r")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let envelope: Vec<u8> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("e")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(v) = expected {
+            assert_eq!(result.unwrap().0, v, "{stored}");
+            assert_eq!(row, v.to_string(), "{stored}");
+            assert_eq!(envelope, vec![fill; 8], "{stored}");
+        } else {
+            assert_eq!(result.unwrap_err().kind(), ErrorKind::Malformed, "{stored}");
+            assert_eq!(row, stored, "{stored}: nothing written");
+            assert_ne!(envelope, vec![fill; 8], "{stored}: nothing written");
+        }
+    }
+}
