@@ -12,12 +12,18 @@
 //! - **raw**: the driver alone writes a fresh random 256 B value into one row and reads it back — an
 //!   `INSERT .. ON CONFLICT DO UPDATE` and a `SELECT` by primary key (sqlx, same pool size
 //!   and SQLite pragmas as the store), or `HSET` and `HGET` (the same connection manager);
+//! - **raw record** (Redis only): the driver alone writes and reads the whole record the vault
+//!   stores — an `HSET` of its six fields (`k`, `v`, `e` of the vault's envelope length, `c`,
+//!   `u`, `r`) and an `HMGET` of them — but without the scripts' conditional write and read
+//!   bound: the gap from raw to raw record is the record's size, the gap from raw record to
+//!   vault the atomic scripts (and the sealing);
 //! - **vault**: `vault.put` then `vault.get` of a 256 B `SecretBytes` (sealed, bound,
 //!   conditional write, bounded read, opened), over the store on the same server.
 //!
-//! Latency: one task, put+get pairs alternating between raw and vault in blocks, repeated;
-//! the median (p50) and p90 of every pair. Throughput: 1 and 16 tasks doing put+get pairs on
-//! 100 rows each for a fixed time, raw and vault alternating, repeated; the median rate.
+//! Latency: one task, put+get pairs alternating between raw (and raw record) and vault in
+//! blocks, repeated; the median (p50) and p90 of every pair. Throughput: 1 and 16 tasks
+//! doing put+get pairs on 100 rows each for a fixed time, the sides alternating, repeated;
+//! the median rate.
 //! This is a bench binary (not criterion) because it measures concurrent throughput; it
 //! asserts nothing about speed. Figures are in `BENCHMARKS.md`.
 
@@ -28,7 +34,8 @@
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
-    reason = "a bench binary: setup failures abort it, and it reports on stdout"
+    clippy::indexing_slicing,
+    reason = "a bench binary: setup failures abort it, it indexes only its own list of sides, and it reports on stdout"
 )]
 
 use std::future::Future;
@@ -140,6 +147,57 @@ impl Side for RedisSide {
     }
 }
 
+/// The Redis raw record side: the six fields of the vault's record, written and read
+/// without a script.
+struct RedisRecordSide {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    envelope_len: usize,
+}
+
+impl Side for RedisRecordSide {
+    fn pair(&self, task: usize, i: usize) -> BoxFut<'_> {
+        Box::pin(async move {
+            let key = format!("{}:t{task}-s{i}", self.prefix);
+            let mut envelope = vec![0; self.envelope_len];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut envelope);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .to_string();
+            let mut conn = self.conn.clone();
+            let _: i64 = redis::cmd("HSET")
+                .arg(&key)
+                .arg("k")
+                .arg(1)
+                .arg("v")
+                .arg(1)
+                .arg("e")
+                .arg(envelope)
+                .arg("c")
+                .arg(&now)
+                .arg("u")
+                .arg(&now)
+                .arg("r")
+                .arg(i + 1)
+                .query_async(&mut conn)
+                .await
+                .expect("raw record HSET");
+            let got: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                .arg(&key)
+                .arg(&["k", "v", "e", "c", "u", "r"])
+                .query_async(&mut conn)
+                .await
+                .expect("raw record HMGET");
+            assert_eq!(
+                got.get(2).and_then(Option::as_ref).map(Vec::len),
+                Some(self.envelope_len)
+            );
+        })
+    }
+}
+
 /// A fresh random value per raw write, as the vault writes fresh ciphertext: SQLite skips
 /// rewriting a cell whose bytes do not change, so rewriting one constant value would commit
 /// nothing and flatter the raw side.
@@ -175,26 +233,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Per-pair latencies of one task, raw and vault blocks alternating.
-async fn latency(raw: &dyn Side, vault: &dyn Side) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut r, mut v) = (Vec::new(), Vec::new());
+/// Per-pair latencies of one task for each side, in blocks, the side that starts a round
+/// rotating.
+async fn latency(sides: &[Arc<dyn Side>]) -> Vec<Vec<Duration>> {
+    let mut out = vec![Vec::new(); sides.len()];
     for round in 0..LATENCY_ROUNDS {
-        let sides: [(&dyn Side, &mut Vec<Duration>); 2] = if round % 2 == 0 {
-            [(raw, &mut r), (vault, &mut v)]
-        } else {
-            [(vault, &mut v), (raw, &mut r)]
-        };
-        for (side, out) in sides {
+        for k in 0..sides.len() {
+            let s = (round + k) % sides.len();
             for i in 0..LATENCY_BLOCK {
                 let t0 = Instant::now();
-                side.pair(0, i % ROWS_PER_TASK).await;
-                out.push(t0.elapsed());
+                sides[s].pair(0, i % ROWS_PER_TASK).await;
+                out[s].push(t0.elapsed());
             }
         }
     }
-    r.sort();
-    v.sort();
-    (r, v)
+    for v in &mut out {
+        v.sort();
+    }
+    out
 }
 
 /// Pairs per second with `tasks` concurrent tasks for one window.
@@ -224,44 +280,72 @@ async fn rate(side: Arc<dyn Side>, tasks: usize) -> f64 {
     counted as f64 / elapsed.as_secs_f64()
 }
 
-async fn compare(label: &str, raw: Arc<dyn Side>, vault: Arc<dyn Side>) {
-    // Warm up: every row exists on both sides, caches and pools are warm.
+/// `raw` and `vault` side by side, and `record` (a second raw baseline) next to them when
+/// given. The lines comparing raw and vault are printed first, in the same form either way.
+async fn compare(
+    label: &str,
+    raw: Arc<dyn Side>,
+    record: Option<Arc<dyn Side>>,
+    vault: Arc<dyn Side>,
+) {
+    let mut sides = vec![raw, vault];
+    sides.extend(record);
+    // Warm up: every row exists on every side, caches and pools are warm.
     for task in 0..16 {
         for i in 0..ROWS_PER_TASK {
-            raw.pair(task, i).await;
-            vault.pair(task, i).await;
-        }
-    }
-    let (r, v) = latency(raw.as_ref(), vault.as_ref()).await;
-    let (r50, v50) = (percentile(&r, 0.5), percentile(&v, 0.5));
-    let (r90, v90) = (percentile(&r, 0.9), percentile(&v, 0.9));
-    println!(
-        "{label:<9} latency put+get, 1 task ({} pairs each): raw p50 {:>7.1} us p90 {:>7.1} us | vault p50 {:>7.1} us p90 {:>7.1} us | vault/raw p50 {:.3}",
-        r.len(),
-        r50.as_secs_f64() * 1e6,
-        r90.as_secs_f64() * 1e6,
-        v50.as_secs_f64() * 1e6,
-        v90.as_secs_f64() * 1e6,
-        v50.as_secs_f64() / r50.as_secs_f64()
-    );
-    for tasks in [1, 16] {
-        let (mut rr, mut vv) = (Vec::new(), Vec::new());
-        for round in 0..THROUGHPUT_ROUNDS {
-            if round % 2 == 0 {
-                rr.push(rate(Arc::clone(&raw), tasks).await);
-                vv.push(rate(Arc::clone(&vault), tasks).await);
-            } else {
-                vv.push(rate(Arc::clone(&vault), tasks).await);
-                rr.push(rate(Arc::clone(&raw), tasks).await);
+            for side in &sides {
+                side.pair(task, i).await;
             }
         }
-        let (rm, vm) = (median(rr.clone()), median(vv.clone()));
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let lat = latency(&sides).await;
+    let p50: Vec<Duration> = lat.iter().map(|l| percentile(l, 0.5)).collect();
+    let p90: Vec<Duration> = lat.iter().map(|l| percentile(l, 0.9)).collect();
+    println!(
+        "{label:<9} latency put+get, 1 task ({} pairs each): raw p50 {:>7.1} us p90 {:>7.1} us | vault p50 {:>7.1} us p90 {:>7.1} us | vault/raw p50 {:.3}",
+        lat[0].len(),
+        us(p50[0]),
+        us(p90[0]),
+        us(p50[1]),
+        us(p90[1]),
+        p50[1].as_secs_f64() / p50[0].as_secs_f64()
+    );
+    if sides.len() > 2 {
         println!(
-            "{label:<9} throughput put+get, {tasks:>2} tasks: raw {rm:>8.0} pairs/s (runs {}) | vault {vm:>8.0} pairs/s (runs {}) | vault/raw {:.3}",
-            fmt_runs(&rr),
-            fmt_runs(&vv),
-            vm / rm
+            "{label:<9} latency put+get, 1 task: raw record p50 {:>7.1} us p90 {:>7.1} us | raw record/raw p50 {:.3} | vault/raw record p50 {:.3}",
+            us(p50[2]),
+            us(p90[2]),
+            p50[2].as_secs_f64() / p50[0].as_secs_f64(),
+            p50[1].as_secs_f64() / p50[2].as_secs_f64()
         );
+    }
+    for tasks in [1, 16] {
+        let mut runs = vec![Vec::new(); sides.len()];
+        for round in 0..THROUGHPUT_ROUNDS {
+            for k in 0..sides.len() {
+                let s = (round + k) % sides.len();
+                runs[s].push(rate(Arc::clone(&sides[s]), tasks).await);
+            }
+        }
+        let m: Vec<f64> = runs.iter().map(|r| median(r.clone())).collect();
+        println!(
+            "{label:<9} throughput put+get, {tasks:>2} tasks: raw {:>8.0} pairs/s (runs {}) | vault {:>8.0} pairs/s (runs {}) | vault/raw {:.3}",
+            m[0],
+            fmt_runs(&runs[0]),
+            m[1],
+            fmt_runs(&runs[1]),
+            m[1] / m[0]
+        );
+        if sides.len() > 2 {
+            println!(
+                "{label:<9} throughput put+get, {tasks:>2} tasks: raw record {:>8.0} pairs/s (runs {}) | raw record/raw {:.3} | vault/raw record {:.3}",
+                m[2],
+                fmt_runs(&runs[2]),
+                m[2] / m[0],
+                m[1] / m[2]
+            );
+        }
     }
 }
 
@@ -303,6 +387,7 @@ async fn sqlite() {
     compare(
         "sqlite",
         Arc::new(raw),
+        None,
         Arc::new(vault_side(Arc::new(store)).await),
     )
     .await;
@@ -339,6 +424,7 @@ async fn postgres(url: &str) {
     compare(
         "postgres",
         Arc::new(raw),
+        None,
         Arc::new(vault_side(Arc::new(store)).await),
     )
     .await;
@@ -364,14 +450,36 @@ async fn redis_backend(url: &str) {
         .get_connection_manager()
         .await
         .unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let vault = vault_side(Arc::clone(&store)).await;
+    // The raw record's envelope is as long as the vault's.
+    let probe = SecretName::new("envelope-length").unwrap();
+    vault
+        .vault
+        .put(&vault.tenant, &probe, &SecretBytes::new(value()))
+        .await
+        .unwrap();
+    let envelope_len = store
+        .get_secret(&vault.tenant, &probe)
+        .await
+        .unwrap()
+        .unwrap()
+        .envelope
+        .len();
     let raw = RedisSide {
         conn: conn.clone(),
         prefix: format!("{{{prefix}}}:raw"),
     };
+    let record = RedisRecordSide {
+        conn: conn.clone(),
+        prefix: format!("{{{prefix}}}:rawrecord"),
+        envelope_len,
+    };
     compare(
         "redis",
         Arc::new(raw),
-        Arc::new(vault_side(Arc::new(store)).await),
+        Some(Arc::new(record)),
+        Arc::new(vault),
     )
     .await;
     // Remove what the bench wrote (SCAN, never KEYS).
