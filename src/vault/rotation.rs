@@ -103,43 +103,38 @@ impl Vault {
             .map(|(_, n)| n)
             .sum();
         let mut report = RewrapReport::default();
-        let mut page = first?;
+        let mut current = self.rewrap_page(&ring, first?, batch, &mut report).await;
         loop {
-            let full = page.len() == batch;
-            let after = page.last().map(|r| (r.tenant.clone(), r.version));
-            let mut writes = Vec::new();
-            for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
-                report.examined += 1;
-                if record.wrapped.master_key_id() == &active_id {
-                    report.already_current += 1;
-                    continue;
-                }
-                let expected = record.row_version;
-                let (tenant, version) = (record.tenant.clone(), record.version);
-                match self.inner.rewrapped(&ring, record).await {
-                    Ok(new) => writes.push((new, PutMode::Update(expected))),
-                    Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
-                }
-            }
-            // The next page is read while this one is written (the pages hold different
-            // records, and the writes are conditional).
+            let RewrapPage { writes, next } = current;
+            // The next page is read and rewrapped while this one is written (the pages
+            // hold different records, and the writes are conditional): the master-key
+            // work runs on this task while the store writes.
+            let mut scratch = RewrapReport::default();
             let (written, next) = tokio::join!(
                 self.inner.write_rewrapped(&ring, writes, &mut report),
                 async {
-                    match after {
-                        Some(after) if full => scan(Some(after)).await.map(Some),
-                        _ => Ok(None),
+                    match next {
+                        Some(after) => {
+                            let page = scan(Some(after)).await?;
+                            Ok(Some(
+                                self.rewrap_page(&ring, page, batch, &mut scratch).await,
+                            ))
+                        }
+                        None => Ok::<_, Error>(None),
                     }
                 }
             );
             written?;
+            report.examined += scratch.examined;
+            report.already_current += scratch.already_current;
+            report.failures.append(&mut scratch.failures);
             progress(Progress {
                 done: report.rewrapped + report.failures.len() as u64,
                 total,
                 errors: report.failures.len() as u64,
             });
             match next? {
-                Some(next) => page = next,
+                Some(next) => current = next,
                 None => break,
             }
         }
@@ -149,6 +144,36 @@ impl Vault {
             "rewrap finished"
         );
         Ok(report)
+    }
+
+    /// The writes that move one scanned page of data keys to the active master key of
+    /// `ring`, and where the next page starts (`None` after the last).
+    async fn rewrap_page(
+        &self,
+        ring: &MasterKeyRing,
+        page: Vec<DekRecord>,
+        batch: usize,
+        report: &mut RewrapReport,
+    ) -> RewrapPage {
+        let next = (page.len() == batch)
+            .then(|| page.last().map(|r| (r.tenant.clone(), r.version)))
+            .flatten();
+        let active_id = ring.active().id();
+        let mut writes = Vec::new();
+        for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
+            report.examined += 1;
+            if record.wrapped.master_key_id() == active_id {
+                report.already_current += 1;
+                continue;
+            }
+            let expected = record.row_version;
+            let (tenant, version) = (record.tenant.clone(), record.version);
+            match self.inner.rewrapped(ring, record).await {
+                Ok(new) => writes.push((new, PutMode::Update(expected))),
+                Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
+            }
+        }
+        RewrapPage { writes, next }
     }
 
     /// [`Self::rewrap_all`] for one tenant.
@@ -280,6 +305,13 @@ impl Vault {
         );
         Ok(report)
     }
+}
+
+/// One page of a rewrap, ready to write.
+struct RewrapPage {
+    writes: Vec<(DekRecord, PutMode)>,
+    /// Where the next page starts; `None` after the last.
+    next: Option<(TenantId, DekVersion)>,
 }
 
 pub(crate) fn dek_failure(tenant: &TenantId, version: DekVersion, e: &Error) -> JobFailure {

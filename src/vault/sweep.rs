@@ -135,7 +135,8 @@ impl TenantCursor {
 
 /// A prepared round: its rows re-sealed and ready to write.
 struct Round {
-    planned: Vec<(Chunk, Vec<Move>)>,
+    /// The round's rows, re-sealed, with the row versions they were read at.
+    writes: Vec<(SecretRecord, PutMode)>,
     /// Secrets planned to move (some may have failed to re-seal).
     moved: usize,
     /// Whether the scan is exhausted.
@@ -169,16 +170,17 @@ impl Inner {
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
     /// round, and returns the number of secrets it expected to move (the progress total).
     ///
-    /// A round is first prepared (scanned and planned: reads only), then written: its
-    /// encryptions are reserved for all its tenants in one batch, its rows re-sealed and
-    /// written in one batch of conditional writes. The next round is prepared while the
-    /// current one is written, and the pending count (one aggregate query on SQL
-    /// backends) is taken while the first round is prepared, so the reads overlap the
-    /// writes. At most two rounds are held at once.
+    /// A round is first prepared (scanned and planned, its encryptions reserved for all
+    /// its tenants in one batch, its rows re-sealed), then written: its rows in one batch
+    /// of conditional writes. The next round is prepared while the current one is
+    /// written, so the reads and the crypto run on this task while the store writes; the
+    /// pending count (one aggregate query on SQL backends) is taken while the first round
+    /// is prepared. At most two rounds are held at once.
     /// Rows are written in the write stage only, one round after the other, as in a
     /// sequential sweep, so crash safety is unchanged: the rows a prepared round holds are
-    /// after those of the round being written, and nothing is written from them until
-    /// that round is done.
+    /// after those of the round being written, and none of them is written until that
+    /// round is done. A round's reservation lands before its rows are sealed; a crash
+    /// after it only wastes counts.
     pub(crate) async fn sweep_all(
         &self,
         page: usize,
@@ -195,14 +197,12 @@ impl Inner {
         let mut round = first?;
         loop {
             let Round {
-                planned,
+                writes,
                 moved,
                 last,
             } = round;
             if last {
-                self.write_round(planned, report)
-                    .await?
-                    .add_to(report, conflicted);
+                self.write_round(writes).await?.add_to(report, conflicted);
                 if moved > 0 {
                     tick(report, total);
                 }
@@ -210,7 +210,7 @@ impl Inner {
             }
             let mut scratch = ReencryptReport::default();
             let (written, next) = tokio::join!(
-                self.write_round(planned, report),
+                self.write_round(writes),
                 self.prepare_round(&mut cursor, page, &mut scratch)
             );
             written?.add_to(report, conflicted);
@@ -223,9 +223,10 @@ impl Inner {
         }
     }
 
-    /// Scans and plans until `page` secrets are to be moved or the scan ends. Reads only,
-    /// apart from finishing a tenant's interrupted rotation (conditional writes that demote
-    /// its older active keys).
+    /// Scans and plans until `page` secrets are to be moved or the scan ends, then reserves
+    /// the round's encryptions and re-seals its rows. Writes no secret; its only writes are
+    /// the reservation and finishing a tenant's interrupted rotation (conditional writes
+    /// that demote its older active keys).
     async fn prepare_round(
         &self,
         cursor: &mut TenantCursor,
@@ -247,8 +248,13 @@ impl Inner {
                 break false;
             }
         };
+        let writes = if planned.is_empty() {
+            Vec::new()
+        } else {
+            self.seal_round(planned, report).await?
+        };
         Ok(Round {
-            planned,
+            writes,
             moved: to_move,
             last,
         })
@@ -373,18 +379,12 @@ impl Inner {
         Ok(writes)
     }
 
-    /// Reserves, re-seals and writes a planned round, its rows in one batch of conditional
-    /// writes.
-    async fn write_round(
-        &self,
-        planned: Vec<(Chunk, Vec<Move>)>,
-        report: &mut ReencryptReport,
-    ) -> Result<Written, Error> {
+    /// Writes a prepared round's rows in one batch of conditional writes.
+    async fn write_round(&self, writes: Vec<(SecretRecord, PutMode)>) -> Result<Written, Error> {
         let mut written = Written::default();
-        if planned.is_empty() {
+        if writes.is_empty() {
             return Ok(written);
         }
-        let writes = self.seal_round(planned, report).await?;
         let tenants: Vec<TenantId> = writes
             .iter()
             .map(|(r, _)| r.metadata.tenant.clone())
