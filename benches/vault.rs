@@ -371,6 +371,25 @@ fn async_driver(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the associated data costs ring's AES-256-GCM: seal + open of the envelope's 33-byte
+/// plaintext (a 32 B secret plus its kind byte) with associated data of 0 to 256 bytes
+/// (the vault's is `VAULT_AAD_LEN`). ring hashes the associated data one 16-byte block at
+/// a time, while it hashes the message in wide blocks, so at small sizes the binding costs
+/// about as much as the encryption; this is the floor under `vault_put_get/32`.
+fn aad_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("aad_cost");
+    let key = ring_key();
+    let mut buffers = RawBuffers::new(33);
+    let (plain, buf) = buffers.split();
+    for aad_len in [0, 16, 32, VAULT_AAD_LEN, 128, 256] {
+        let aad = plaintext(aad_len);
+        group.bench_function(BenchmarkId::new("raw_ring_seal_open_33B", aad_len), |b| {
+            b.iter(|| ring_seal_open(&key, black_box(plain), &aad, buf));
+        });
+    }
+    group.finish();
+}
+
 /// Sized to keep a whole `cargo bench --bench vault` run under three minutes on two cores.
 /// Plots are off: the plotters backend spends about 3.5 s drawing each benchmark here, more
 /// than measuring it; the numbers are in `target/criterion/**/new/estimates.json`.
@@ -385,6 +404,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = roundtrip, dek_cache, envelope, async_driver
+    targets = roundtrip, dek_cache, envelope, async_driver, aad_cost
 }
 criterion_main!(benches);
