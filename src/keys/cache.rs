@@ -24,14 +24,24 @@ use crate::crypto::{SecretCipher, Suite};
 use crate::error::Error;
 use crate::ids::{DekVersion, TenantId};
 
-/// An unwrapped, expanded data key.
-#[derive(Debug)]
+/// An unwrapped, expanded data key. `Debug` shows the suite and the wrapped key's length
+/// only: the cipher is redacted, and stored bytes are never printed.
 pub(crate) struct CachedDek {
     pub(crate) cipher: SecretCipher,
     pub(crate) suite: Suite,
     /// The wrapped key this entry was unwrapped from (ciphertext, not secret): a stored
     /// record is this entry's key only if its wrapped bytes are these.
     pub(crate) wrapped: Box<[u8]>,
+}
+
+impl std::fmt::Debug for CachedDek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedDek")
+            .field("cipher", &self.cipher)
+            .field("suite", &self.suite)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish()
+    }
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -224,6 +234,23 @@ mod tests {
             suite: Suite::Aes256Gcm,
             wrapped: Box::new([0; 16]),
         })
+    }
+
+    #[test]
+    fn debug_prints_no_wrapped_key_bytes() -> Result<(), Error> {
+        let key = DataKey::generate()?;
+        let entry = CachedDek {
+            cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
+            suite: Suite::Aes256Gcm,
+            wrapped: vec![0xa5; 78].into_boxed_slice(),
+        };
+        let shown = format!("{entry:?}");
+        assert!(shown.contains("wrapped_len: 78"), "{shown}");
+        assert!(
+            !shown.contains("165"),
+            "a wrapped byte (0xa5) is printed: {shown}"
+        );
+        Ok(())
     }
 
     #[tokio::test]
