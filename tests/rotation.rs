@@ -714,3 +714,47 @@ async fn reencrypt_all_reports_a_secret_under_a_destroyed_key_as_destroyed() {
         assert_eq!(kept.expose_secret(), "sk_kept");
     }
 }
+
+/// Several secrets restored under the same destroyed key are each reported as
+/// `KeyDestroyed` (the sweep reads the destroyed record once per chunk and answers the
+/// rest from that read).
+#[tokio::test]
+async fn reencrypt_all_reports_every_secret_under_a_destroyed_key() {
+    for (_, store) in stores().await {
+        let vault = vault_over(&store);
+        let t = tenant("restored-many");
+        vault.create_tenant(&t).await.unwrap();
+        let names: Vec<_> = (0..5).map(|i| name(&format!("old-{i}"))).collect();
+        for n in &names {
+            vault.put(&t, n, &ApiKey::new("sk_old")).await.unwrap();
+        }
+        let mut backups = Vec::new();
+        for n in &names {
+            backups.push(store.get_secret(&t, n).await.unwrap().unwrap());
+        }
+        vault.rotate_tenant_key(&t).await.unwrap();
+        vault
+            .reencrypt_all(&JobOptions::default(), |_| {})
+            .await
+            .unwrap();
+        vault.destroy_unused_keys(&t, Duration::ZERO).await.unwrap();
+        for row in backups {
+            store.put_secret(row, PutMode::Upsert).await.unwrap();
+        }
+        let report = vault
+            .reencrypt_all(&JobOptions::default(), |_| {})
+            .await
+            .unwrap();
+        let failed: Vec<_> = report
+            .failures
+            .iter()
+            .map(|f| (f.name.clone(), f.kind))
+            .collect();
+        let expected: Vec<_> = names
+            .iter()
+            .map(|n| (Some(n.clone()), ErrorKind::KeyDestroyed))
+            .collect();
+        assert_eq!(failed, expected);
+        assert_eq!(report.reencrypted, 0);
+    }
+}

@@ -282,8 +282,10 @@ impl Inner {
             self.demote_older_actives(tenant).await?;
         }
         let mut moves = Vec::new();
-        // The old keys met in this chunk (usually one), so each is looked up once.
+        // The old keys met in this chunk (usually one), so each is looked up once; and the
+        // versions not among the live keys, read from the store once each.
         let mut keys: Vec<(DekVersion, Arc<CachedDek>)> = Vec::new();
+        let mut not_live: Vec<(DekVersion, Option<DekRecord>)> = Vec::new();
         for record in std::mem::take(&mut chunk.secrets) {
             if record.metadata.dek_version == target {
                 continue;
@@ -296,7 +298,15 @@ impl Inner {
                 // Not among the live keys: destroyed (reported as such) or missing.
                 let stored = match chunk.deks.iter().find(|r| r.version == version) {
                     Some(r) => Some(r.clone()),
-                    None => self.store.get_dek(tenant, version).await?,
+                    None => {
+                        if let Some((_, stored)) = not_live.iter().find(|(v, _)| *v == version) {
+                            stored.clone()
+                        } else {
+                            let stored = self.store.get_dek(tenant, version).await?;
+                            not_live.push((version, stored.clone()));
+                            stored
+                        }
+                    }
                 };
                 let key = match stored {
                     Some(stored) => self.key_for(tenant, stored).await,
