@@ -2,6 +2,8 @@
 //!
 //! - WAL journal, `synchronous = FULL` by default (an acknowledged write survives power
 //!   loss), a busy timeout so that several processes can share one file.
+//! - The store's own writes take the file one at a time, queued in process (`gate`)
+//!   rather than in SQLite's busy handler; reads run beside them.
 //! - Every conditional write is a single SQL statement (`INSERT .. ON CONFLICT DO
 //!   NOTHING`, `UPDATE .. WHERE row_version = ?`, `INSERT .. ON CONFLICT DO UPDATE`), so it
 //!   is atomic against other connections and other processes. A batch runs in one
@@ -25,13 +27,17 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 mod batch;
+mod gate;
 
 use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
 use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
+use gate::WriteGate;
 
 const BACKEND: &str = "sqlite";
+/// How long a write waits for the file by default ([`SqliteOptions::with_busy_timeout`]).
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The schema version this build writes.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -112,7 +118,7 @@ impl SqliteOptions {
     pub fn file(path: impl AsRef<Path>) -> Self {
         Self {
             path: Some(path.as_ref().to_path_buf()),
-            busy_timeout: Duration::from_secs(10),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
             max_connections: 8,
             durable: true,
         }
@@ -123,14 +129,15 @@ impl SqliteOptions {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            busy_timeout: Duration::from_secs(10),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
             max_connections: 1,
             durable: true,
         }
     }
 
     /// How long a write waits for another connection or process to release the file
-    /// (default 10 s) before failing with [`Error::Unavailable`].
+    /// (default 10 s) before failing with [`Error::Unavailable`]. A write also waits at
+    /// most this long for the store's own earlier writes, which are queued in process.
     #[must_use]
     pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
@@ -171,6 +178,7 @@ impl fmt::Debug for SqliteOptions {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: Option<PathBuf>,
+    writes: WriteGate,
 }
 
 impl SqliteStore {
@@ -224,6 +232,7 @@ impl SqliteStore {
         let store = Self {
             pool,
             path: options.path,
+            writes: WriteGate::new(options.busy_timeout),
         };
         store.migrate().await?;
         Ok(store)
@@ -234,7 +243,11 @@ impl SqliteStore {
     /// # Errors
     /// As [`Self::open`].
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, Error> {
-        let store = Self { pool, path: None };
+        let store = Self {
+            pool,
+            path: None,
+            writes: WriteGate::new(DEFAULT_BUSY_TIMEOUT),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -269,6 +282,7 @@ impl SqliteStore {
     /// # Errors
     /// [`Error::Config`] if the database was written by a newer schema version.
     pub async fn migrate(&self) -> Result<(), Error> {
+        let _turn = self.writes.enter().await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -556,6 +570,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
+        let _turn = self.writes.enter().await?;
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         write_dek(&mut conn, &record, mode).await
     }
@@ -588,6 +603,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+        let _turn = self.writes.enter().await?;
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         write_secret(&mut conn, record, mode).await
     }
@@ -598,6 +614,7 @@ impl Store for SqliteStore {
         name: &SecretName,
         expected: Option<RowVersion>,
     ) -> Result<bool, Error> {
+        let turn = self.writes.enter().await?;
         let done = match expected {
             None => sqlx::query("DELETE FROM credvault_secrets WHERE tenant = ? AND name = ?")
                 .bind(tenant.as_str())
@@ -615,6 +632,7 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?,
         };
+        drop(turn);
         if done.rows_affected() == 1 {
             return Ok(true);
         }
@@ -727,6 +745,7 @@ impl Store for SqliteStore {
         version: DekVersion,
         expected: Option<RowVersion>,
     ) -> Result<bool, Error> {
+        let turn = self.writes.enter().await?;
         let done = match expected {
             None => sqlx::query("DELETE FROM credvault_deks WHERE tenant = ? AND version = ?")
                 .bind(tenant.as_str())
@@ -744,6 +763,7 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?,
         };
+        drop(turn);
         if done.rows_affected() == 1 {
             return Ok(true);
         }
@@ -881,6 +901,7 @@ impl Store for SqliteStore {
         &self,
         batch: Vec<(SecretRecord, PutMode)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let _turn = self.writes.enter().await?;
         batch::write(&self.pool, batch).await
     }
 
@@ -888,6 +909,7 @@ impl Store for SqliteStore {
         &self,
         batch: Vec<(DekRecord, PutMode)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let _turn = self.writes.enter().await?;
         batch::write(&self.pool, batch).await
     }
 }
