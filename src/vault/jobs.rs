@@ -109,3 +109,48 @@ pub struct DeletionReceipt {
     /// When the deletion completed.
     pub completed_at: Timestamp,
 }
+
+/// Runs a job's `stage` (a producer that hands its work to `caller` over a channel) beside
+/// `caller`, and returns what `caller` returns once both have ended.
+///
+/// On a tokio runtime the stage is a task of its own, so that on a multi-threaded runtime
+/// its CPU work (reading rows, crypto) runs on another worker thread while `caller` hands
+/// statements to the store: in one task, the caller's next statement would wait for every
+/// stretch of the stage's work that does not yield. Elsewhere both run in the caller's
+/// task.
+///
+/// `caller` must own the channel's receiving end, so that when it ends (done or failed)
+/// the stage's next hand-over fails and the stage ends too; the stage is awaited, so no
+/// work of the job outlives it. If the job's future is dropped, the task is aborted.
+pub(crate) async fn beside<S, C, T>(stage: S, caller: C) -> T
+where
+    S: Future<Output = ()> + Send + 'static,
+    C: Future<Output = T>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return tokio::join!(stage, caller).1;
+    };
+    let task = AbortOnDrop(runtime.spawn(stage));
+    let out = caller.await;
+    task.finish().await;
+    out
+}
+
+/// A spawned stage, aborted if the job is dropped before it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn finish(mut self) {
+        if let Err(e) = (&mut self.0).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use super::Inner;
-use super::jobs::{JobFailure, ReencryptReport, stops_the_job};
+use super::jobs::{JobFailure, ReencryptReport, beside, stops_the_job};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, SecretName, TenantId};
@@ -133,14 +135,21 @@ impl TenantCursor {
     }
 }
 
-/// A prepared round: its rows re-sealed and ready to write.
+/// A planned round: the secrets to move, tenant by tenant.
+struct Planned {
+    chunks: Vec<(Chunk, Vec<Move>)>,
+    /// Secrets to move.
+    moved: usize,
+    /// Whether the scan is exhausted (the last round).
+    last: bool,
+}
+
+/// A sealed round: its rows re-sealed and ready to write.
 struct Round {
     /// The round's rows, re-sealed, with the row versions they were read at.
     writes: Vec<(SecretRecord, PutMode)>,
     /// Secrets planned to move (some may have failed to re-seal).
     moved: usize,
-    /// Whether the scan is exhausted.
-    last: bool,
 }
 
 /// What writing a round did.
@@ -170,70 +179,76 @@ impl Inner {
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
     /// round, and returns the number of secrets it expected to move (the progress total).
     ///
-    /// A round is first prepared (scanned and planned, its encryptions reserved for all
-    /// its tenants in one batch, its rows re-sealed), then written: its rows in one batch
-    /// of conditional writes. The next round is prepared while the current one is
-    /// written, so the reads and the crypto run on this task while the store writes; the
-    /// pending count (one aggregate query on SQL backends) is taken while the first round
-    /// is prepared. At most two rounds are held at once.
+    /// Three stages run side by side, each handing its rounds to the next over a channel
+    /// that holds one:
+    /// - plan: scans a round's secrets and data keys and picks the secrets to move, each
+    ///   with its old key;
+    /// - seal: reserves the round's encryptions for all its tenants in one batch, then
+    ///   re-seals its rows;
+    /// - write (this task): writes each round's rows in one batch of conditional writes,
+    ///   in the order they were planned, and reports progress.
+    ///
+    /// The plan and seal stages run as a task of their own ([`beside`]), so the reads and
+    /// the crypto of the next rounds run while the store writes. The seal stage works a
+    /// round ahead of the write stage, so a round's reservation reaches the store before
+    /// the previous round's rows and the store's writer goes from one round's rows to the
+    /// next without waiting for the reservation between them. At most five rounds are held
+    /// at once (one in each stage, one in each channel). The pending count (one aggregate
+    /// query on SQL backends) is taken while the first round is planned.
+    ///
     /// Rows are written in the write stage only, one round after the other, as in a
-    /// sequential sweep, so crash safety is unchanged: the rows a prepared round holds are
-    /// after those of the round being written, and none of them is written until that
-    /// round is done. A round's reservation lands before its rows are sealed; a crash
-    /// after it only wastes counts.
+    /// sequential sweep, so crash safety is unchanged: a round's rows come after those of
+    /// the rounds before it, and none of them is written until those are. A round's
+    /// reservation lands before its rows are sealed; a crash after it only wastes counts.
+    /// If a stage fails, the rounds before it are written and its error is returned; if a
+    /// write fails, the other stages stop at their next hand-over.
     pub(crate) async fn sweep_all(
-        &self,
+        self: &Arc<Self>,
         page: usize,
         report: &mut ReencryptReport,
         conflicted: &mut BTreeSet<TenantId>,
         tick: &mut (dyn FnMut(&ReencryptReport, u64) + Send),
     ) -> Result<u64, Error> {
-        let mut cursor = TenantCursor::new(page);
-        let (total, first) = tokio::join!(
-            self.store.count_secrets_to_reencrypt(),
-            self.prepare_round(&mut cursor, page, report)
-        );
-        let total = total?;
-        let mut round = first?;
-        loop {
-            let Round {
-                writes,
-                moved,
-                last,
-            } = round;
-            if last {
-                self.write_round(writes).await?.add_to(report, conflicted);
+        let (planned, to_seal) = mpsc::channel(1);
+        let (sealed, mut to_write) = mpsc::channel(1);
+        let stages = {
+            let inner = Arc::clone(self);
+            async move {
+                tokio::join!(
+                    plan_rounds(Arc::clone(&inner), page, planned),
+                    seal_rounds(inner, to_seal, sealed)
+                );
+            }
+        };
+        let write = async move {
+            let total = self.store.count_secrets_to_reencrypt().await?;
+            while let Some(round) = to_write.recv().await {
+                let (round, mut scratch): (Round, ReencryptReport) = round?;
+                report.examined += scratch.examined;
+                report.failures.append(&mut scratch.failures);
+                let moved = round.moved;
+                self.write_round(round.writes)
+                    .await?
+                    .add_to(report, conflicted);
                 if moved > 0 {
                     tick(report, total);
                 }
-                return Ok(total);
             }
-            let mut scratch = ReencryptReport::default();
-            let (written, next) = tokio::join!(
-                self.write_round(writes),
-                self.prepare_round(&mut cursor, page, &mut scratch)
-            );
-            written?.add_to(report, conflicted);
-            if moved > 0 {
-                tick(report, total);
-            }
-            report.examined += scratch.examined;
-            report.failures.append(&mut scratch.failures);
-            round = next?;
-        }
+            Ok(total)
+        };
+        beside(stages, write).await
     }
 
-    /// Scans and plans until `page` secrets are to be moved or the scan ends, then reserves
-    /// the round's encryptions and re-seals its rows. Writes no secret; its only writes are
-    /// the reservation and finishing a tenant's interrupted rotation (conditional writes
-    /// that demote its older active keys).
-    async fn prepare_round(
+    /// Scans and plans until `page` secrets are to be moved or the scan ends. Its only
+    /// writes finish a tenant's interrupted rotation (conditional writes that demote its
+    /// older active keys).
+    async fn plan_round(
         &self,
         cursor: &mut TenantCursor,
         page: usize,
         report: &mut ReencryptReport,
-    ) -> Result<Round, Error> {
-        let mut planned: Vec<(Chunk, Vec<Move>)> = Vec::new();
+    ) -> Result<Planned, Error> {
+        let mut chunks: Vec<(Chunk, Vec<Move>)> = Vec::new();
         let mut to_move = 0;
         let last = loop {
             let Some(mut chunk) = cursor.next(self).await? else {
@@ -242,19 +257,14 @@ impl Inner {
             let moves = self.plan(&mut chunk, report).await?;
             to_move += moves.len();
             if !moves.is_empty() {
-                planned.push((chunk, moves));
+                chunks.push((chunk, moves));
             }
             if to_move >= page {
                 break false;
             }
         };
-        let writes = if planned.is_empty() {
-            Vec::new()
-        } else {
-            self.seal_round(planned, report).await?
-        };
-        Ok(Round {
-            writes,
+        Ok(Planned {
+            chunks,
             moved: to_move,
             last,
         })
@@ -461,6 +471,52 @@ impl Inner {
         record.metadata.dek_version = new_version;
         record.envelope = sealed;
         Ok((record, PutMode::Update(expected)))
+    }
+}
+
+/// What a stage hands to the next: a round and what it found so far (examined secrets
+/// and failures), or the error that stopped it.
+type Handed<T> = Result<(T, ReencryptReport), Error>;
+
+/// The plan stage of [`Inner::sweep_all`]: plans round after round and hands each over,
+/// until the scan ends, it fails, or the next stage stops.
+async fn plan_rounds(inner: Arc<Inner>, page: usize, out: mpsc::Sender<Handed<Planned>>) {
+    let mut cursor = TenantCursor::new(page);
+    loop {
+        let mut scratch = ReencryptReport::default();
+        let round = inner.plan_round(&mut cursor, page, &mut scratch).await;
+        let last = round.as_ref().map_or(true, |r| r.last);
+        // A closed channel: the next stage stopped, and the write stage reports why.
+        if out.send(round.map(|r| (r, scratch))).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The seal stage of [`Inner::sweep_all`]: reserves and re-seals each planned round and
+/// hands it over; passes on the error that stopped the plan stage, or its own.
+async fn seal_rounds(
+    inner: Arc<Inner>,
+    mut planned: mpsc::Receiver<Handed<Planned>>,
+    out: mpsc::Sender<Handed<Round>>,
+) {
+    while let Some(handed) = planned.recv().await {
+        let sealed = match handed {
+            Ok((round, mut scratch)) => {
+                let Planned { chunks, moved, .. } = round;
+                let writes = if chunks.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    inner.seal_round(chunks, &mut scratch).await
+                };
+                writes.map(|writes| (Round { writes, moved }, scratch))
+            }
+            Err(e) => Err(e),
+        };
+        let stop = sealed.is_err();
+        if out.send(sealed).await.is_err() || stop {
+            return;
+        }
     }
 }
 
