@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::jobs::{JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport, stops_the_job};
+use super::jobs::{
+    JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport, beside, stops_the_job,
+};
 use super::sweep::Move;
 use super::{Inner, Vault};
 use crate::error::Error;
@@ -88,92 +90,47 @@ impl Vault {
     {
         let ring = self.inner.ring();
         let active_id = ring.active().id().clone();
-        let batch = options.batch_size;
-        let scan = |after: Option<(TenantId, DekVersion)>| async move {
-            self.inner
-                .store
-                .scan_live_deks(after.as_ref().map(|(t, v)| (t, *v)), batch)
-                .await
-        };
-        // The count for the progress total is taken beside the first page's read.
-        let (usage, first) = tokio::join!(self.master_key_usage(), scan(None));
-        let total = usage?
-            .iter()
-            .filter(|(id, _)| **id != active_id)
-            .map(|(_, n)| n)
-            .sum();
-        let mut report = RewrapReport::default();
-        let mut current = self.rewrap_page(&ring, first?, batch, &mut report).await;
-        loop {
-            let RewrapPage { writes, next } = current;
-            // The next page is read and rewrapped while this one is written (the pages
-            // hold different records, and the writes are conditional): the master-key
-            // work runs on this task while the store writes.
-            let mut scratch = RewrapReport::default();
-            let (written, next) = tokio::join!(
-                self.inner.write_rewrapped(&ring, writes, &mut report),
-                async {
-                    match next {
-                        Some(after) => {
-                            let page = scan(Some(after)).await?;
-                            Ok(Some(
-                                self.rewrap_page(&ring, page, batch, &mut scratch).await,
-                            ))
-                        }
-                        None => Ok::<_, Error>(None),
-                    }
-                }
-            );
-            written?;
-            report.examined += scratch.examined;
-            report.already_current += scratch.already_current;
-            report.failures.append(&mut scratch.failures);
-            progress(Progress {
-                done: report.rewrapped + report.failures.len() as u64,
-                total,
-                errors: report.failures.len() as u64,
-            });
-            match next? {
-                Some(next) => current = next,
-                None => break,
+        let (pages, mut rewrapped) = tokio::sync::mpsc::channel(1);
+        let stage = rewrap_pages(
+            Arc::clone(&self.inner),
+            Arc::clone(&ring),
+            options.batch_size,
+            pages,
+        );
+        // The receiver moves into the write stage, so that the read stage stops at its next
+        // hand-over once the write stage has ended.
+        let write = async move {
+            let mut report = RewrapReport::default();
+            let total = self
+                .master_key_usage()
+                .await?
+                .iter()
+                .filter(|(id, _)| **id != active_id)
+                .map(|(_, n)| n)
+                .sum();
+            while let Some(page) = rewrapped.recv().await {
+                let (writes, mut scratch) = page?;
+                report.examined += scratch.examined;
+                report.already_current += scratch.already_current;
+                report.failures.append(&mut scratch.failures);
+                self.inner
+                    .write_rewrapped(&ring, writes, &mut report)
+                    .await?;
+                progress(Progress {
+                    done: report.rewrapped + report.failures.len() as u64,
+                    total,
+                    errors: report.failures.len() as u64,
+                });
             }
-        }
+            Ok::<_, Error>(report)
+        };
+        let report = beside(stage, write).await?;
         tracing::info!(
             rewrapped = report.rewrapped,
             failures = report.failures.len(),
             "rewrap finished"
         );
         Ok(report)
-    }
-
-    /// The writes that move one scanned page of data keys to the active master key of
-    /// `ring`, and where the next page starts (`None` after the last).
-    async fn rewrap_page(
-        &self,
-        ring: &MasterKeyRing,
-        page: Vec<DekRecord>,
-        batch: usize,
-        report: &mut RewrapReport,
-    ) -> RewrapPage {
-        let next = (page.len() == batch)
-            .then(|| page.last().map(|r| (r.tenant.clone(), r.version)))
-            .flatten();
-        let active_id = ring.active().id();
-        let mut writes = Vec::new();
-        for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
-            report.examined += 1;
-            if record.wrapped.master_key_id() == active_id {
-                report.already_current += 1;
-                continue;
-            }
-            let expected = record.row_version;
-            let (tenant, version) = (record.tenant.clone(), record.version);
-            match self.inner.rewrapped(ring, record).await {
-                Ok(new) => writes.push((new, PutMode::Update(expected))),
-                Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
-            }
-        }
-        RewrapPage { writes, next }
     }
 
     /// [`Self::rewrap_all`] for one tenant.
@@ -307,11 +264,43 @@ impl Vault {
     }
 }
 
-/// One page of a rewrap, ready to write.
-struct RewrapPage {
-    writes: Vec<(DekRecord, PutMode)>,
-    /// Where the next page starts; `None` after the last.
-    next: Option<(TenantId, DekVersion)>,
+/// What the read stage of [`Vault::rewrap_all`] hands over: a page's writes and what it
+/// found so far, or the error that stopped it.
+type RewrapHanded = Result<(Vec<(DekRecord, PutMode)>, RewrapReport), Error>;
+
+/// The read stage of [`Vault::rewrap_all`]: reads the live data keys page by page,
+/// rewraps each page's keys under the active master key of `ring` (the master-key work:
+/// on a KMS, its round trips) and hands the page's writes over, until the scan ends, it
+/// fails, or the write stage stops. Pages hold different records, and the writes are
+/// conditional, so a page may be read while the one before it is written.
+async fn rewrap_pages(
+    inner: Arc<Inner>,
+    ring: Arc<MasterKeyRing>,
+    batch: usize,
+    out: tokio::sync::mpsc::Sender<RewrapHanded>,
+) {
+    let mut after: Option<(TenantId, DekVersion)> = None;
+    loop {
+        let page = match inner
+            .store
+            .scan_live_deks(after.as_ref().map(|(t, v)| (t, *v)), batch)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
+        let last = page.len() < batch;
+        after = page.last().map(|r| (r.tenant.clone(), r.version));
+        let mut scratch = RewrapReport::default();
+        let writes = inner.rewrap_page(&ring, page, &mut scratch).await;
+        // A closed channel: the write stage stopped, and reports why.
+        if out.send(Ok((writes, scratch))).await.is_err() || last {
+            return;
+        }
+    }
 }
 
 pub(crate) fn dek_failure(tenant: &TenantId, version: DekVersion, e: &Error) -> JobFailure {
@@ -324,6 +313,32 @@ pub(crate) fn dek_failure(tenant: &TenantId, version: DekVersion, e: &Error) -> 
 }
 
 impl Inner {
+    /// The writes that move one scanned page of data keys to the active master key of
+    /// `ring`.
+    async fn rewrap_page(
+        &self,
+        ring: &MasterKeyRing,
+        page: Vec<DekRecord>,
+        report: &mut RewrapReport,
+    ) -> Vec<(DekRecord, PutMode)> {
+        let active_id = ring.active().id();
+        let mut writes = Vec::new();
+        for record in page.into_iter().filter(|r| r.state != DekState::Destroyed) {
+            report.examined += 1;
+            if record.wrapped.master_key_id() == active_id {
+                report.already_current += 1;
+                continue;
+            }
+            let expected = record.row_version;
+            let (tenant, version) = (record.tenant.clone(), record.version);
+            match self.rewrapped(ring, record).await {
+                Ok(new) => writes.push((new, PutMode::Update(expected))),
+                Err(e) => report.failures.push(dek_failure(&tenant, version, &e)),
+            }
+        }
+        writes
+    }
+
     /// `record` with its key rewrapped under the active master key of `ring`.
     async fn rewrapped(
         &self,
