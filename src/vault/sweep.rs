@@ -188,7 +188,7 @@ impl Inner {
     /// - write (this task): writes each round's rows in one batch of conditional writes,
     ///   in the order they were planned, and reports progress.
     ///
-    /// The plan and seal stages run as a task of their own ([`beside`]), so the reads and
+    /// The plan and seal stages run as tasks of their own ([`beside`]), so the reads and
     /// the crypto of the next rounds run while the store writes. The seal stage works a
     /// round ahead of the write stage, so a round's reservation reaches the store before
     /// the previous round's rows and the store's writer goes from one round's rows to the
@@ -209,17 +209,10 @@ impl Inner {
         conflicted: &mut BTreeSet<TenantId>,
         tick: &mut (dyn FnMut(&ReencryptReport, u64) + Send),
     ) -> Result<u64, Error> {
-        let (planned, to_seal) = mpsc::channel(1);
+        let (planned, to_seal) = mpsc::channel(SEAL_AHEAD - 1);
         let (sealed, mut to_write) = mpsc::channel(1);
-        let stages = {
-            let inner = Arc::clone(self);
-            async move {
-                tokio::join!(
-                    plan_rounds(Arc::clone(&inner), page, planned),
-                    seal_rounds(inner, to_seal, sealed)
-                );
-            }
-        };
+        let plan = plan_rounds(Arc::clone(self), page, planned);
+        let seal = seal_rounds(Arc::clone(self), to_seal, sealed);
         let write = async move {
             let total = self.store.count_secrets_to_reencrypt().await?;
             while let Some(round) = to_write.recv().await {
@@ -236,7 +229,9 @@ impl Inner {
             }
             Ok(total)
         };
-        beside(stages, write).await
+        // Each stage is a task of its own: one that holds the store's writer (the seal
+        // stage, while it reserves) must not wait for another's CPU work to be polled.
+        beside(plan, beside(seal, write)).await
     }
 
     /// Scans and plans until `page` secrets are to be moved or the scan ends. Its only
@@ -337,17 +332,16 @@ impl Inner {
         Ok(moves)
     }
 
-    /// Reserves the encryptions of a planned round and re-seals its rows.
-    async fn seal_round(
+    /// Reserves, in one batch, the encryptions that the planned rounds of `rounds` need
+    /// under each tenant's target key, and returns the tenants granted. A tenant whose key
+    /// changed since the scan, or that would pass its limit, is not granted: its rows take
+    /// the ordinary per-write path instead (which also rolls an exhausted key).
+    async fn reserve<'a>(
         &self,
-        round: Vec<(Chunk, Vec<Move>)>,
-        report: &mut ReencryptReport,
-    ) -> Result<Vec<(SecretRecord, PutMode)>, Error> {
-        // 1. Reserve every tenant's encryptions for this round in one batch. A tenant whose
-        //    key changed since the scan, or that would pass its limit, takes the ordinary
-        //    per-write path instead (which also rolls an exhausted key).
+        rounds: impl Iterator<Item = &'a Planned>,
+    ) -> Result<BTreeSet<TenantId>, Error> {
         let mut needed: BTreeMap<TenantId, (DekRecord, u64)> = BTreeMap::new();
-        for (chunk, moves) in &round {
+        for (chunk, moves) in rounds.flat_map(|r| &r.chunks) {
             if let Some(target) = chunk.target() {
                 let entry = needed
                     .entry(chunk.tenant.clone())
@@ -369,14 +363,27 @@ impl Inner {
             order.push(tenant.clone());
         }
         let mut granted = BTreeSet::new();
+        if batch.is_empty() {
+            return Ok(granted);
+        }
         for (tenant, result) in order.into_iter().zip(self.store.put_deks(batch).await?) {
             if result.is_ok() {
                 granted.insert(tenant);
             }
         }
-        // 2. Re-seal every row, then write them all in one batch.
+        Ok(granted)
+    }
+
+    /// Re-seals the rows of a planned round: under its tenant's target key where its
+    /// encryptions were reserved (`granted`), else through the ordinary reservation path.
+    async fn reseal_round(
+        &self,
+        chunks: Vec<(Chunk, Vec<Move>)>,
+        granted: &BTreeSet<TenantId>,
+        report: &mut ReencryptReport,
+    ) -> Result<Vec<(SecretRecord, PutMode)>, Error> {
         let mut writes = Vec::new();
-        for (chunk, moves) in round {
+        for (chunk, moves) in chunks {
             let tenant = &chunk.tenant;
             let Some(target) = chunk.target().cloned() else {
                 continue;
@@ -474,6 +481,11 @@ impl Inner {
     }
 }
 
+/// Planned rounds whose encryptions the seal stage reserves in one batch (at most). The
+/// plan stage runs ahead of the writes, so several rounds are usually ready: one
+/// reservation batch for all their tenants costs about as much as one for a single round.
+const SEAL_AHEAD: usize = 4;
+
 /// What a stage hands to the next: a round and what it found so far (examined secrets
 /// and failures), or the error that stopped it.
 type Handed<T> = Result<(T, ReencryptReport), Error>;
@@ -493,28 +505,52 @@ async fn plan_rounds(inner: Arc<Inner>, page: usize, out: mpsc::Sender<Handed<Pl
     }
 }
 
-/// The seal stage of [`Inner::sweep_all`]: reserves and re-seals each planned round and
-/// hands it over; passes on the error that stopped the plan stage, or its own.
+/// The seal stage of [`Inner::sweep_all`]: takes the planned rounds that are ready (up to
+/// [`SEAL_AHEAD`]), reserves their encryptions in one batch, then re-seals each and hands
+/// it over; passes on the error that stopped the plan stage (after the rounds before it),
+/// or its own.
 async fn seal_rounds(
     inner: Arc<Inner>,
     mut planned: mpsc::Receiver<Handed<Planned>>,
     out: mpsc::Sender<Handed<Round>>,
 ) {
-    while let Some(handed) = planned.recv().await {
-        let sealed = match handed {
-            Ok((round, mut scratch)) => {
-                let Planned { chunks, moved, .. } = round;
-                let writes = if chunks.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    inner.seal_round(chunks, &mut scratch).await
-                };
-                writes.map(|writes| (Round { writes, moved }, scratch))
+    while let Some(first) = planned.recv().await {
+        let mut group = vec![first];
+        while group.len() < SEAL_AHEAD && group.last().is_some_and(Result::is_ok) {
+            match planned.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
             }
-            Err(e) => Err(e),
+        }
+        let mut rounds = Vec::with_capacity(group.len());
+        let mut failed = None;
+        for handed in group {
+            match handed {
+                Ok(round) => rounds.push(round),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let granted = match inner.reserve(rounds.iter().map(|(r, _)| r)).await {
+            Ok(granted) => granted,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
         };
-        let stop = sealed.is_err();
-        if out.send(sealed).await.is_err() || stop {
+        for (round, mut scratch) in rounds {
+            let Planned { chunks, moved, .. } = round;
+            let sealed = inner
+                .reseal_round(chunks, &granted, &mut scratch)
+                .await
+                .map(|writes| (Round { writes, moved }, scratch));
+            let stop = sealed.is_err();
+            // A closed channel: the write stage stopped, and reports why.
+            if out.send(sealed).await.is_err() || stop {
+                return;
+            }
+        }
+        if let Some(e) = failed {
+            let _ = out.send(Err(e)).await;
             return;
         }
     }
