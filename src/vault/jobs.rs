@@ -113,27 +113,41 @@ pub struct DeletionReceipt {
 /// Runs a job's `stage` (a producer that hands its work to `caller` over a channel) beside
 /// `caller`, and returns what `caller` returns once both have ended.
 ///
-/// On a tokio runtime the stage is a task of its own, so that on a multi-threaded runtime
-/// its CPU work (reading rows, crypto) runs on another worker thread while `caller` hands
-/// statements to the store: in one task, the caller's next statement would wait for every
-/// stretch of the stage's work that does not yield. Elsewhere both run in the caller's
-/// task.
+/// On a tokio runtime the stage is a task of its own, spawned by this call, so that on a
+/// multi-threaded runtime its CPU work (reading rows, crypto) runs on another worker
+/// thread while `caller` hands statements to the store: in one task, the caller's next
+/// statement would wait for every stretch of the stage's work that does not yield.
+/// Elsewhere both run in the caller's task (the stage boxed, so the job's future stays
+/// small).
 ///
 /// `caller` must own the channel's receiving end, so that when it ends (done or failed)
 /// the stage's next hand-over fails and the stage ends too; the stage is awaited, so no
 /// work of the job outlives it. If the job's future is dropped, the task is aborted.
-pub(crate) async fn beside<S, C, T>(stage: S, caller: C) -> T
+pub(crate) fn beside<S, C, T>(stage: S, caller: C) -> impl Future<Output = T>
 where
     S: Future<Output = ()> + Send + 'static,
     C: Future<Output = T>,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return tokio::join!(stage, caller).1;
+    let stage = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => Stage::Spawned(AbortOnDrop(runtime.spawn(stage))),
+        Err(_) => Stage::Local(Box::pin(stage)),
     };
-    let task = AbortOnDrop(runtime.spawn(stage));
-    let out = caller.await;
-    task.finish().await;
-    out
+    async move {
+        match stage {
+            Stage::Spawned(task) => {
+                let out = caller.await;
+                task.finish().await;
+                out
+            }
+            Stage::Local(stage) => tokio::join!(stage, caller).1,
+        }
+    }
+}
+
+/// Where [`beside`] runs a stage.
+enum Stage<S> {
+    Spawned(AbortOnDrop),
+    Local(std::pin::Pin<Box<S>>),
 }
 
 /// A spawned stage, aborted if the job is dropped before it ends.

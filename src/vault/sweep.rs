@@ -179,22 +179,23 @@ impl Inner {
     /// The sweep: moves every secret to its tenant's newest active version, `page` rows per
     /// round, and returns the number of secrets it expected to move (the progress total).
     ///
-    /// Three stages run side by side, each handing its rounds to the next over a channel
-    /// that holds one:
+    /// Three stages run side by side, each handing its rounds to the next over a channel:
     /// - plan: scans a round's secrets and data keys and picks the secrets to move, each
     ///   with its old key;
-    /// - seal: reserves the round's encryptions for all its tenants in one batch, then
-    ///   re-seals its rows;
+    /// - seal: takes the planned rounds that are ready (up to [`SEAL_AHEAD`]), reserves
+    ///   their encryptions for all their tenants in one batch, then re-seals their rows;
     /// - write (this task): writes each round's rows in one batch of conditional writes,
     ///   in the order they were planned, and reports progress.
     ///
     /// The plan and seal stages run as tasks of their own ([`beside`]), so the reads and
-    /// the crypto of the next rounds run while the store writes. The seal stage works a
-    /// round ahead of the write stage, so a round's reservation reaches the store before
-    /// the previous round's rows and the store's writer goes from one round's rows to the
-    /// next without waiting for the reservation between them. At most five rounds are held
-    /// at once (one in each stage, one in each channel). The pending count (one aggregate
-    /// query on SQL backends) is taken while the first round is planned.
+    /// the crypto of the next rounds run while the store writes. The seal stage works
+    /// ahead of the write stage, so a round's reservation reaches the store before the
+    /// rows of the rounds ahead of it are all written, and the store's writer goes from
+    /// one round's rows to the next without waiting for a reservation between them. At
+    /// most ten rounds are held at once (one planned, three queued for sealing, four being
+    /// sealed, one queued for writing, one written): memory is bounded by the batch size,
+    /// whatever the number of secrets. The pending count (one aggregate query on SQL
+    /// backends) is taken while the first round is planned.
     ///
     /// Rows are written in the write stage only, one round after the other, as in a
     /// sequential sweep, so crash safety is unchanged: a round's rows come after those of

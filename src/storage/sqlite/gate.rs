@@ -49,6 +49,7 @@ impl WriteGate {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, reason = "test assertions")]
 mod tests {
     use std::time::Duration;
 
