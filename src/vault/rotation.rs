@@ -75,7 +75,9 @@ impl Vault {
     /// is re-encrypted and no plaintext data key leaves the crate. Safe while other
     /// instances read and write, and while another rewrap runs; resumable and idempotent.
     ///
-    /// `progress` is called after each batch.
+    /// `progress` is called after each batch. Inside a tokio runtime the reads and the
+    /// master-key work run as a task of their own (spawned, and awaited before this
+    /// returns), so on a multi-threaded runtime they overlap the writes.
     ///
     /// # Errors
     /// A storage error that stops the sweep (run it again to resume). Keys that cannot be
@@ -213,7 +215,10 @@ impl Vault {
     /// [`Self::reencrypt_tenant`] for every tenant, with progress after each batch. Writes
     /// are batched across tenants (`batch_size` rows per round trip), so the sweep costs
     /// about one transaction per batch, not one per tenant; memory use is bounded by the
-    /// batch size, whatever the number of secrets.
+    /// batch size, whatever the number of secrets. Inside a tokio runtime the reads and
+    /// the crypto run as tasks of their own (spawned, and awaited before this returns), so
+    /// on a multi-threaded runtime they overlap the writes; rows are still written one
+    /// batch after the other.
     ///
     /// # Errors
     /// As [`Self::reencrypt_tenant`].
