@@ -73,3 +73,77 @@ async fn oversize_stored_envelope_is_rejected_as_malformed() {
     let err = store.get_secret(&t, &n).await.unwrap_err();
     assert_eq!(err.kind(), credvault::ErrorKind::Malformed);
 }
+
+/// A scan page decodes its strings in place and shares one tenant id among a tenant's
+/// rows; every column a row edited in the database could break is still checked, and the
+/// row refused as malformed, whatever its place in the page.
+#[tokio::test]
+async fn a_scan_refuses_a_row_edited_in_the_database_in_any_column() {
+    use credvault::storage::{PutMode, Store, conformance};
+    let edits: &[(&str, &'static str)] = &[
+        (
+            "tenant",
+            "UPDATE credvault_secrets SET tenant = '.hidden' WHERE name = 'b'",
+        ),
+        (
+            "name",
+            "UPDATE credvault_secrets SET name = '' WHERE name = 'b'",
+        ),
+        (
+            "kind",
+            "UPDATE credvault_secrets SET kind = 99 WHERE name = 'b'",
+        ),
+        (
+            "DEK version",
+            "UPDATE credvault_secrets SET dek_version = 0 WHERE name = 'b'",
+        ),
+        (
+            "row version",
+            "UPDATE credvault_secrets SET row_version = -1 WHERE name = 'b'",
+        ),
+        (
+            "envelope size",
+            "UPDATE credvault_secrets SET envelope = zeroblob(16777281) WHERE name = 'b'",
+        ),
+    ];
+    for (what, edit) in edits {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        let t = conformance::unique_tenant("edited");
+        let u = conformance::unique_tenant("other");
+        for (tenant, name) in [(&t, "a"), (&t, "b"), (&t, "c"), (&u, "d")] {
+            let name = credvault::SecretName::new(name).unwrap();
+            store
+                .put_secret(
+                    conformance::secret_record(tenant, &name, vec![1, 2, 3]),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+        }
+        let clean: Vec<(String, String)> = store
+            .scan_secrets(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.metadata.tenant.as_str().to_owned(),
+                    r.metadata.name.as_str().to_owned(),
+                )
+            })
+            .collect();
+        let mut written: Vec<(String, String)> = [(&t, "a"), (&t, "b"), (&t, "c"), (&u, "d")]
+            .iter()
+            .map(|(tenant, name)| (tenant.as_str().to_owned(), (*name).to_owned()))
+            .collect();
+        written.sort();
+        assert_eq!(clean, written, "each row keeps its own tenant and name");
+        sqlx::query(*edit).execute(store.pool()).await.unwrap();
+        let err = store.scan_secrets(None, 10).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            credvault::ErrorKind::Malformed,
+            "an edited {what} must be refused"
+        );
+    }
+}

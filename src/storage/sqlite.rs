@@ -708,9 +708,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter()
-            .map(|row| secret_record(meta_row(row)?, envelope_column(row)?))
-            .collect()
+        columns::secret_page(&rows, map_err)
     }
 
     async fn scan_deks(
