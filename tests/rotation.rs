@@ -758,3 +758,89 @@ async fn reencrypt_all_reports_every_secret_under_a_destroyed_key() {
         assert_eq!(report.reencrypted, 0);
     }
 }
+
+/// `reencrypt_all` reserves its encryptions in batches (several rounds, several tenants at
+/// once); every encryption it makes is still counted against the key it uses, including
+/// for a tenant whose secrets span several rounds, on a runtime where its stages run as
+/// tasks of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_all_counts_every_encryption_against_the_key_it_uses() {
+    for (backend, store) in stores().await {
+        let vault = vault_over(&store);
+        let mut expected = seed(&vault, &["big"], 11).await;
+        expected.extend(seed(&vault, &["a", "b", "c"], 3).await);
+        expected.extend(seed(&vault, &["d"], 2).await);
+        for t in ["big", "a", "b", "c", "d"] {
+            vault.rotate_tenant_key(&tenant(t)).await.unwrap();
+        }
+        let report = vault
+            .reencrypt_all(&JobOptions::default().with_batch_size(4), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.reencrypted, 22, "{backend}");
+        for t in ["big", "a", "b", "c", "d"] {
+            let mut used: BTreeMap<DekVersion, u64> = BTreeMap::new();
+            for m in store.list_secrets(&tenant(t), None, 100).await.unwrap() {
+                *used.entry(m.dek_version).or_default() += 1;
+            }
+            for dek in store.list_deks(&tenant(t)).await.unwrap() {
+                let n = used.get(&dek.version).copied().unwrap_or(0);
+                assert!(
+                    n <= dek.encryptions_reserved,
+                    "{backend}: {t} v{} sealed {n} secrets with {} reserved",
+                    dek.version,
+                    dek.encryptions_reserved
+                );
+            }
+        }
+        assert_all_readable(&vault, &expected).await;
+    }
+}
+
+/// The jobs run their stages as tasks only inside a tokio runtime; under another executor
+/// (here the smallest one: poll, park, wake) they run in the caller's task and finish.
+#[test]
+fn rotation_jobs_finish_without_a_tokio_runtime() {
+    fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::park();
+        }
+    }
+    block_on(async {
+        let store: Arc<dyn Store> = Arc::new(credvault::MemoryStore::new());
+        let vault = vault_over(&store);
+        let expected = seed(&vault, &["a", "b"], 5).await;
+        for t in ["a", "b"] {
+            vault.rotate_tenant_key(&tenant(t)).await.unwrap();
+        }
+        let report = vault
+            .reencrypt_all(&JobOptions::default().with_batch_size(3), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.reencrypted, 10);
+        let ring = MasterKeyRing::new(key_b())
+            .with_decrypt_only(master())
+            .unwrap();
+        let moved = Vault::builder_with_store(Arc::clone(&store), ring)
+            .build()
+            .unwrap();
+        let rewrapped = moved
+            .rewrap_all(&JobOptions::default().with_batch_size(1), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rewrapped.rewrapped, 4);
+        assert_all_readable(&moved, &expected).await;
+    });
+}
