@@ -801,7 +801,7 @@ async fn reencrypt_all_counts_every_encryption_against_the_key_it_uses() {
 /// (here the smallest one: poll, park, wake) they run in the caller's task and finish.
 #[test]
 fn rotation_jobs_finish_without_a_tokio_runtime() {
-    fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    fn block_on<F: Future>(fut: F) -> F::Output {
         struct Unpark(std::thread::Thread);
         impl std::task::Wake for Unpark {
             fn wake(self: Arc<Self>) {
