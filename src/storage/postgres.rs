@@ -597,7 +597,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(whole_secret).collect()
+        columns::secret_page(&rows, map_err)
     }
 
     async fn delete_dek(
@@ -647,7 +647,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter().map(whole_secret).collect()
+        columns::secret_page(&rows, map_err)
     }
 
     async fn count_secrets_by_version(

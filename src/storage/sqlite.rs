@@ -793,12 +793,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let envelope = envelope_column(row)?;
-                secret_record(meta_row(row)?, envelope)
-            })
-            .collect()
+        columns::secret_page(&rows, map_err)
     }
 
     async fn count_secrets_by_version(
