@@ -76,6 +76,21 @@ const MIGRATION_V1: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS credvault_secrets_by_dek ON credvault_secrets (tenant, dek_version)",
 ];
 
+/// The `LIMIT` of a paged query, bound as a parameter.
+///
+/// Not a plain `LIMIT ?`: SQLite (3.51, the version libsqlite3-sys bundles) reads the value
+/// bound to a bare `LIMIT ?` while planning, and so marks the statement to be compiled again
+/// whenever that parameter is bound (`sqlite3ExprIsInteger` sets the parameter's bit in the
+/// statement's `expmask`). sqlx binds every parameter on every execution, so every page of
+/// a scan re-parsed and re-planned its statement: 8.5% of the CPU time of a scan of
+/// 100,000 secrets (`perf`, BENCHMARKS.md). Cast, the limit is an expression the planner
+/// does not read, and the statement in sqlx's cache is reused as prepared.
+macro_rules! limit_param {
+    () => {
+        " LIMIT CAST(? AS INTEGER)"
+    };
+}
+
 macro_rules! dek_columns {
     () => {
         "tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version"
@@ -651,7 +666,8 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             meta_columns!(),
-            " FROM credvault_secrets WHERE tenant = ? AND name > ? ORDER BY name LIMIT ?"
+            " FROM credvault_secrets WHERE tenant = ? AND name > ? ORDER BY name",
+            limit_param!()
         );
         let rows = sqlx::query(sql)
             .bind(tenant.as_str())
@@ -668,9 +684,10 @@ impl Store for SqliteStore {
         after: Option<&TenantId>,
         n: usize,
     ) -> Result<Vec<TenantId>, Error> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT tenant FROM credvault_deks WHERE tenant > ? ORDER BY tenant LIMIT ?",
-        )
+        let rows: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT DISTINCT tenant FROM credvault_deks WHERE tenant > ? ORDER BY tenant",
+            limit_param!()
+        ))
         .bind(after.map_or("", TenantId::as_str))
         .bind(limit(n))
         .fetch_all(&self.pool)
@@ -699,7 +716,8 @@ impl Store for SqliteStore {
             meta_columns!(),
             ", ",
             bounded_envelope!(),
-            " FROM credvault_secrets WHERE (tenant, name) > (?, ?) ORDER BY tenant, name LIMIT ?"
+            " FROM credvault_secrets WHERE (tenant, name) > (?, ?) ORDER BY tenant, name",
+            limit_param!()
         );
         let rows = sqlx::query(sql)
             .bind(tenant)
@@ -719,7 +737,8 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             dek_columns!(),
-            " FROM credvault_deks WHERE (tenant, version) > (?, ?) ORDER BY tenant, version LIMIT ?"
+            " FROM credvault_deks WHERE (tenant, version) > (?, ?) ORDER BY tenant, version",
+            limit_param!()
         );
         self.scan_deks_with(sql, after, n).await
     }
@@ -732,7 +751,8 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             dek_columns!(),
-            " FROM credvault_deks WHERE (tenant, version) > (?, ?) AND state <> 3 ORDER BY tenant, version LIMIT ?"
+            " FROM credvault_deks WHERE (tenant, version) > (?, ?) AND state <> 3 ORDER BY tenant, version",
+            limit_param!()
         );
         self.scan_deks_with(sql, after, n).await
     }
@@ -783,7 +803,8 @@ impl Store for SqliteStore {
             meta_columns!(),
             ", ",
             bounded_envelope!(),
-            " FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name LIMIT ?"
+            " FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name",
+            limit_param!()
         );
         let rows = sqlx::query(sql)
             .bind(tenant.as_str())
@@ -828,8 +849,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(TenantId, DekVersion, u64)>, Error> {
         let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT tenant, dek_version, COUNT(*) FROM credvault_secrets WHERE (tenant, dek_version) > (?, ?)
-             GROUP BY tenant, dek_version ORDER BY tenant, dek_version LIMIT ?",
+            concat!(
+                "SELECT tenant, dek_version, COUNT(*) FROM credvault_secrets WHERE (tenant, dek_version) > (?, ?)
+                 GROUP BY tenant, dek_version ORDER BY tenant, dek_version",
+                limit_param!()
+            ),
         )
         .bind(tenant)
         .bind(version)
