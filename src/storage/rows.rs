@@ -276,3 +276,94 @@ pub(crate) mod sql {
 /// before it is loaded.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) const MAX_STORED_ENVELOPE: usize = crate::vault::MAX_SECRET_SIZE_LIMIT + 64;
+
+/// Reading the same columns out of a rusqlite row, for the SQLite store's paged scans
+/// (`sqlite/bulk.rs`): the same column order and the same checks as [`sql`], every value
+/// read in place. A column of the wrong SQL type is refused as malformed.
+#[cfg(feature = "sqlite")]
+pub(crate) mod lite {
+    use rusqlite::Row;
+    use rusqlite::types::ValueRef;
+
+    use super::{DekRow, bad, metadata};
+    use crate::error::Error;
+    use crate::ids::TenantId;
+    use crate::storage::SecretRecord;
+
+    fn value<'r>(row: &'r Row<'_>, i: usize) -> Result<ValueRef<'r>, Error> {
+        row.get_ref(i).map_err(|e| Error::storage("sqlite", e))
+    }
+
+    fn text<'r>(row: &'r Row<'_>, i: usize, field: &'static str) -> Result<&'r str, Error> {
+        match value(row, i)? {
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes).map_err(|_| bad(field)),
+            _ => Err(bad(field)),
+        }
+    }
+
+    fn integer(row: &Row<'_>, i: usize, field: &'static str) -> Result<i64, Error> {
+        match value(row, i)? {
+            ValueRef::Integer(v) => Ok(v),
+            _ => Err(bad(field)),
+        }
+    }
+
+    /// A blob column, or `None` for SQL `NULL`.
+    fn blob<'r>(
+        row: &'r Row<'_>,
+        i: usize,
+        field: &'static str,
+    ) -> Result<Option<&'r [u8]>, Error> {
+        match value(row, i)? {
+            ValueRef::Blob(bytes) => Ok(Some(bytes)),
+            ValueRef::Null => Ok(None),
+            _ => Err(bad(field)),
+        }
+    }
+
+    /// The data-key columns, in `dek_columns!` order.
+    pub(crate) fn dek_row(row: &Row<'_>) -> Result<DekRow, Error> {
+        Ok(DekRow {
+            tenant: text(row, 0, "tenant")?.to_owned(),
+            version: integer(row, 1, "version")?,
+            state: integer(row, 2, "state")?,
+            suite: integer(row, 3, "suite")?,
+            master_key_id: text(row, 4, "master key id")?.to_owned(),
+            wrapped: blob(row, 5, "wrapped key")?
+                .ok_or_else(|| bad("wrapped key"))?
+                .to_vec(),
+            encryptions_reserved: integer(row, 6, "encryptions reserved")?,
+            created_at: integer(row, 7, "created at")?,
+            updated_at: integer(row, 8, "updated at")?,
+            row_version: integer(row, 9, "row version")?,
+        })
+    }
+
+    /// A secret row: the `meta_columns!` then the bounded envelope (`NULL` when longer than
+    /// any envelope credvault writes). Consecutive rows of one tenant share its id: `last`
+    /// holds the previous row's.
+    pub(crate) fn secret_row(
+        row: &Row<'_>,
+        last: &mut Option<TenantId>,
+    ) -> Result<SecretRecord, Error> {
+        let tenant = text(row, 0, "tenant")?;
+        let tenant = match last.take() {
+            Some(id) if id.as_str() == tenant => id,
+            _ => TenantId::new(tenant).map_err(|_| bad("tenant"))?,
+        };
+        *last = Some(tenant.clone());
+        let metadata = metadata(
+            tenant,
+            text(row, 1, "name")?,
+            integer(row, 2, "kind")?,
+            integer(row, 3, "DEK version")?,
+            integer(row, 4, "created at")?,
+            integer(row, 5, "updated at")?,
+            integer(row, 6, "row version")?,
+        )?;
+        let envelope = blob(row, 7, "envelope")?
+            .ok_or_else(|| bad("envelope longer than any credvault writes"))?
+            .to_vec();
+        Ok(SecretRecord { metadata, envelope })
+    }
+}

@@ -9,6 +9,10 @@
 //!   is atomic against other connections and other processes. A batch runs in one
 //!   `BEGIN IMMEDIATE` transaction, its conditional updates many rows per statement
 //!   (`batch`), each row still checked against its own row version.
+//! - The paged scans of the key jobs (`scan_secrets`, `scan_deks`, `scan_live_deks`) read
+//!   on connections of their own, through rusqlite, decoding each row where SQLite steps to
+//!   it (`bulk`): sqlx hands every row across threads, which cost a sweep four times
+//!   SQLite's own reading. A store over a database in memory reads them through sqlx.
 //! - The schema is created and migrated by the crate inside a `BEGIN IMMEDIATE`
 //!   transaction: idempotent, and safe when several processes open the file at once. A
 //!   file written by a newer schema version is refused.
@@ -27,12 +31,14 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite};
 
 mod batch;
+mod bulk;
 mod gate;
 
-use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
+use super::rows::{DekRow, MetaRow, lite, secret_record, sql as columns, to_sql_u64};
 use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
+use bulk::BulkReader;
 use gate::WriteGate;
 
 const BACKEND: &str = "sqlite";
@@ -194,6 +200,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     path: Option<PathBuf>,
     writes: WriteGate,
+    /// The paged scans' reader (`bulk`), for a store over a file it opened itself.
+    bulk: Option<BulkReader>,
 }
 
 impl SqliteStore {
@@ -246,6 +254,10 @@ impl SqliteStore {
         let pool = pool.connect_with(connect).await.map_err(map_err)?;
         let store = Self {
             pool,
+            bulk: options
+                .path
+                .clone()
+                .map(|path| BulkReader::new(path, options.busy_timeout)),
             path: options.path,
             writes: WriteGate::new(options.busy_timeout),
         };
@@ -262,6 +274,7 @@ impl SqliteStore {
             pool,
             path: None,
             writes: WriteGate::new(DEFAULT_BUSY_TIMEOUT),
+            bulk: None,
         };
         store.migrate().await?;
         Ok(store)
@@ -276,6 +289,12 @@ impl SqliteStore {
         n: usize,
     ) -> Result<Vec<DekRecord>, Error> {
         let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
+        if let Some(bulk) = &self.bulk {
+            let params = (tenant.to_owned(), version, limit(n));
+            return bulk
+                .page(sql, params, n, |row| lite::dek_row(row)?.into_record())
+                .await;
+        }
         let rows = sqlx::query(sql)
             .bind(tenant)
             .bind(version)
@@ -719,6 +738,13 @@ impl Store for SqliteStore {
             " FROM credvault_secrets WHERE (tenant, name) > (?, ?) ORDER BY tenant, name",
             limit_param!()
         );
+        if let Some(bulk) = &self.bulk {
+            let params = (tenant.to_owned(), name.to_owned(), limit(n));
+            let mut last = None;
+            return bulk
+                .page(sql, params, n, move |row| lite::secret_row(row, &mut last))
+                .await;
+        }
         let rows = sqlx::query(sql)
             .bind(tenant)
             .bind(name)
