@@ -7,6 +7,7 @@
 //! cargo bench --bench rotation                 # criterion groups: rewrap, reencrypt
 //! cargo bench --bench rotation -- --rss        # peak RSS of a re-encryption, 10k vs 100k secrets (1,000 tenants)
 //! cargo bench --bench rotation -- --paired     # raw and job alternating, 5 pairs each, ratio per pair
+//! cargo bench --bench rotation -- --jobs=N     # N re-encryptions alone (to run under a profiler)
 //! ```
 //!
 //! Criterion runs every sample of the raw rate before the first sample of the job, so on a
@@ -421,6 +422,76 @@ fn paired() {
     });
 }
 
+/// `n` re-encryptions of the full fixture, each after rotating every tenant, with nothing
+/// else timed: for a profiler (`perf record`, `strace -c`) to see the job alone. Prints
+/// each job's time and the process's CPU time over the jobs.
+///
+/// With `PERF_CTL_FIFO` set to the control FIFO of `perf record --control=fifo:PATH
+/// --delay=-1`, the profiler records during the jobs only (not the fixture, the rotations
+/// or the clean-up): `mkfifo /tmp/perf.ctl; PERF_CTL_FIFO=/tmp/perf.ctl perf record -g
+/// --control=fifo:/tmp/perf.ctl --delay=-1 target/release/deps/rotation-* --jobs=3`.
+fn jobs_only(n: usize) {
+    let perf = std::env::var_os("PERF_CTL_FIFO").map(|path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("perf control FIFO")
+    });
+    let profile = |command: &str| {
+        use std::io::Write;
+        if let Some(mut fifo) = perf.as_ref() {
+            fifo.write_all(command.as_bytes()).expect("perf control");
+        }
+    };
+    let rt = Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let fx = fixture(TENANTS, SECRETS_PER_TENANT).await;
+        let vault = Vault::builder_with_store(fx.store.clone(), ring(1))
+            .build()
+            .expect("vault");
+        let options = JobOptions::default().with_batch_size(BATCH);
+        let mut cpu = Duration::ZERO;
+        for i in 1..=n {
+            for tenant in &fx.tenants {
+                vault.rotate_tenant_key(tenant).await.expect("rotate");
+            }
+            profile("enable\n");
+            let (cpu_before, start) = (process_cpu(), Instant::now());
+            let report = vault
+                .reencrypt_all(&options, |_| {})
+                .await
+                .expect("reencrypt");
+            let (job, job_cpu) = (start.elapsed(), process_cpu().saturating_sub(cpu_before));
+            profile("disable\n");
+            cpu += job_cpu;
+            assert_eq!(report.reencrypted as usize, TENANTS * SECRETS_PER_TENANT);
+            retire_old_keys(&vault, &fx.tenants).await;
+            println!("job {i}: reencrypt_all {job:.2?}, process CPU {job_cpu:.2?}");
+        }
+        println!("CPU over {n} jobs: {cpu:.2?}");
+    });
+}
+
+/// User + system CPU time of this process so far, from /proc/self/stat (clock ticks of
+/// 10 ms, the `USER_HZ` of Linux on every architecture it runs on here).
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.get(s.rfind(')')? + 2..)?.to_owned();
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn vm(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -436,6 +507,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--rss-child=")) {
         rss_child(n.parse().expect("secrets per tenant"));
+        return;
+    }
+    if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--jobs=")) {
+        jobs_only(n.parse().expect("number of jobs"));
         return;
     }
     if args.iter().any(|a| a == "--paired") {
