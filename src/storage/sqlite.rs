@@ -9,8 +9,8 @@
 //!   is atomic against other connections and other processes. A batch runs in one
 //!   `BEGIN IMMEDIATE` transaction, its conditional updates many rows per statement
 //!   (`batch`), each row still checked against its own row version.
-//! - The paged scans of the key jobs (`scan_secrets`, `scan_deks`, `scan_live_deks`) read
-//!   on connections of their own, through rusqlite, decoding each row where SQLite steps to
+//! - The paged scans of the key jobs (`scan_secrets`, `scan_deks`, `scan_live_deks`,
+//!   `list_secrets_not_under`) read on connections of their own, through rusqlite, decoding each row where SQLite steps to
 //!   it (`bulk`): sqlx hands every row across threads, which cost a sweep four times
 //!   SQLite's own reading. A store over a database in memory reads them through sqlx.
 //! - The schema is created and migrated by the crate inside a `BEGIN IMMEDIATE`
@@ -832,6 +832,18 @@ impl Store for SqliteStore {
             " FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name",
             limit_param!()
         );
+        if let Some(bulk) = &self.bulk {
+            let params = (
+                tenant.as_str().to_owned(),
+                after.map_or("", SecretName::as_str).to_owned(),
+                i64::from(version.get()),
+                limit(n),
+            );
+            let mut last = None;
+            return bulk
+                .page(sql, params, n, move |row| lite::secret_row(row, &mut last))
+                .await;
+        }
         let rows = sqlx::query(sql)
             .bind(tenant.as_str())
             .bind(after.map_or("", SecretName::as_str))
