@@ -4,8 +4,9 @@
 //! the same store (the restarted process) must read every committed secret, and must finish
 //! the job when it runs it again.
 //!
-//! Every sweep runs on the memory store and, when their URLs are configured, on PostgreSQL
-//! and Redis (a fresh schema or key prefix per crash point).
+//! Every sweep runs on the memory store, on SQLite (a new file per crash point) and, when
+//! their URLs are configured, on PostgreSQL and Redis (a fresh schema or key prefix per
+//! crash point).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -45,16 +46,21 @@ fn rotated_ring() -> MasterKeyRing {
 }
 
 /// The backends a crash sweep runs on.
-const BACKENDS: [&str; 3] = ["memory", "postgres", "redis"];
+const BACKENDS: [&str; 4] = ["memory", "sqlite", "postgres", "redis"];
 
 /// A fresh, empty store of `backend`, or `None` when that server is not configured.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "redis")),
-    allow(clippy::unused_async, reason = "only the server backends await")
+    not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+    allow(
+        clippy::unused_async,
+        reason = "only the SQLite and server backends await"
+    )
 )]
 async fn fresh(backend: &str) -> Option<Arc<dyn Store>> {
     match backend {
         "memory" => Some(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Some(Arc::new(sqlite_file().await) as Arc<dyn Store>),
         #[cfg(feature = "postgres")]
         "postgres" => Some(servers::fresh_postgres().await? as Arc<dyn Store>),
         #[cfg(feature = "redis")]

@@ -23,14 +23,17 @@ pub(crate) fn ring() -> MasterKeyRing {
     MasterKeyRing::new(master())
 }
 
-/// One fresh, empty store per backend: memory, SQLite, and the server backends whose URL
-/// is configured (each in a namespace of its own: a new PostgreSQL schema, a new Redis key
-/// prefix).
+/// One fresh, empty store per backend: memory, SQLite (on a file, as deployed, and in
+/// memory: the two read their scans through different drivers), and the server backends
+/// whose URL is configured (each in a namespace of its own: a new PostgreSQL schema, a new
+/// Redis key prefix).
 pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
     let mut out = vec![("memory", Arc::new(MemoryStore::new()) as Arc<dyn Store>)];
     #[cfg(feature = "sqlite")]
+    out.push(("sqlite", Arc::new(sqlite_file().await) as Arc<dyn Store>));
+    #[cfg(feature = "sqlite")]
     out.push((
-        "sqlite",
+        "sqlite-in-memory",
         Arc::new(credvault::SqliteStore::open_in_memory().await.unwrap()) as Arc<dyn Store>,
     ));
     #[cfg(feature = "postgres")]
@@ -42,6 +45,19 @@ pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
         out.push(("redis", store as Arc<dyn Store>));
     }
     out
+}
+
+/// A SQLite store on a new file in a new temporary directory. The directory outlives the
+/// test (a store handed out as `Arc<dyn Store>` cannot take it along); the test's process
+/// is the only one that knows its name.
+#[cfg(feature = "sqlite")]
+pub(crate) async fn sqlite_file() -> credvault::SqliteStore {
+    let path = tempfile::tempdir().unwrap().keep().join("test.db");
+    credvault::SqliteStore::with_options(
+        credvault::storage::SqliteOptions::file(path).with_durable_commits(false),
+    )
+    .await
+    .unwrap()
 }
 
 /// The server backends, configured by environment variables.
