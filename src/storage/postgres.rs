@@ -319,7 +319,7 @@ fn bad(field: &'static str) -> Error {
 }
 
 fn dek_record(row: &PgRow) -> Result<DekRecord, Error> {
-    columns::dek_row(row).map_err(map_err)?.into_record()
+    columns::dek_row(row).map_err(map_err)??.into_record()
 }
 
 fn whole_secret(row: &PgRow) -> Result<SecretRecord, Error> {

@@ -23,15 +23,13 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Script, ServerErrorKind, Value};
 
-use super::rows::{MAX_STORED_ENVELOPE, to_sql_u64};
+use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_u64};
 use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use layout::{Layout, bound, dek_member, secret_member, tenant_range};
 
 const BACKEND: &str = "redis";
-/// Longest wrapped key a read returns; a longer stored value is refused unread.
-const MAX_STORED_WRAPPED_KEY: usize = 64 * 1024;
 /// Most records one read script returns, and most index entries it examines: bounds how
 /// long one script blocks the server.
 const MAX_PER_CALL: usize = 1000;

@@ -62,24 +62,53 @@ impl std::fmt::Debug for DekRow {
     }
 }
 
+/// The validated record of a data-key row, from its column values (the strings borrowed,
+/// so that a decoder can check them before copying them).
+#[allow(clippy::too_many_arguments, reason = "one argument per stored column")]
+fn dek_record(
+    tenant: &str,
+    dek_version: i64,
+    state: i64,
+    suite: i64,
+    master_key_id: &str,
+    wrapped: Vec<u8>,
+    encryptions_reserved: i64,
+    created_at: i64,
+    updated_at: i64,
+    row_version: i64,
+) -> Result<DekRecord, Error> {
+    let suite_byte = small(suite, "suite")?;
+    Ok(DekRecord {
+        tenant: TenantId::new(tenant).map_err(|_| bad("tenant"))?,
+        version: version(dek_version, "version")?,
+        state: DekState::from_u8(small(state, "state")?).ok_or_else(|| bad("state"))?,
+        suite: Suite::from_u8(suite_byte)
+            .ok_or(Error::Format(FormatError::UnsupportedSuite(S, suite_byte)))?,
+        wrapped: WrappedDek::new(
+            MasterKeyId::new(master_key_id).map_err(|_| bad("master key id"))?,
+            wrapped,
+        ),
+        encryptions_reserved: unsigned(encryptions_reserved, "encryptions reserved")?,
+        created_at: Timestamp::from_millis(created_at),
+        updated_at: Timestamp::from_millis(updated_at),
+        row_version: RowVersion(unsigned(row_version, "row version")?),
+    })
+}
+
 impl DekRow {
     pub(crate) fn into_record(self) -> Result<DekRecord, Error> {
-        let suite_byte = small(self.suite, "suite")?;
-        Ok(DekRecord {
-            tenant: TenantId::new(&self.tenant).map_err(|_| bad("tenant"))?,
-            version: version(self.version, "version")?,
-            state: DekState::from_u8(small(self.state, "state")?).ok_or_else(|| bad("state"))?,
-            suite: Suite::from_u8(suite_byte)
-                .ok_or(Error::Format(FormatError::UnsupportedSuite(S, suite_byte)))?,
-            wrapped: WrappedDek::new(
-                MasterKeyId::new(&self.master_key_id).map_err(|_| bad("master key id"))?,
-                self.wrapped,
-            ),
-            encryptions_reserved: unsigned(self.encryptions_reserved, "encryptions reserved")?,
-            created_at: Timestamp::from_millis(self.created_at),
-            updated_at: Timestamp::from_millis(self.updated_at),
-            row_version: RowVersion(unsigned(self.row_version, "row version")?),
-        })
+        dek_record(
+            &self.tenant,
+            self.version,
+            self.state,
+            self.suite,
+            &self.master_key_id,
+            self.wrapped,
+            self.encryptions_reserved,
+            self.created_at,
+            self.updated_at,
+            self.row_version,
+        )
     }
 
     pub(crate) fn from_record(r: &DekRecord) -> Result<Self, Error> {
@@ -173,29 +202,34 @@ pub(crate) fn secret_record(meta: MetaRow, envelope: Vec<u8>) -> Result<SecretRe
 pub(crate) mod sql {
     use sqlx::{ColumnIndex, Decode, Row, Type};
 
-    use super::{DekRow, MetaRow};
+    use super::{DekRow, LONG_WRAPPED_KEY, MetaRow};
 
-    /// The data-key columns, in `dek_columns!` order.
-    pub(crate) fn dek_row<R>(row: &R) -> Result<DekRow, sqlx::Error>
+    /// The data-key columns, in `dek_columns!` order, the wrapped key bounded: `NULL`
+    /// stands for a wrapped key longer than any credvault writes, which is refused unread.
+    pub(crate) fn dek_row<R>(row: &R) -> Result<Result<DekRow, crate::Error>, sqlx::Error>
     where
         R: Row,
         usize: ColumnIndex<R>,
         for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
         for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-        for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+        for<'r> Option<Vec<u8>>: Decode<'r, R::Database> + Type<R::Database>,
     {
-        Ok(DekRow {
+        let wrapped: Option<Vec<u8>> = row.try_get(5)?;
+        let Some(wrapped) = wrapped else {
+            return Ok(Err(super::bad(LONG_WRAPPED_KEY)));
+        };
+        Ok(Ok(DekRow {
             tenant: row.try_get(0)?,
             version: row.try_get(1)?,
             state: row.try_get(2)?,
             suite: row.try_get(3)?,
             master_key_id: row.try_get(4)?,
-            wrapped: row.try_get(5)?,
+            wrapped,
             encryptions_reserved: row.try_get(6)?,
             created_at: row.try_get(7)?,
             updated_at: row.try_get(8)?,
             row_version: row.try_get(9)?,
-        })
+        }))
     }
 
     /// The secret metadata columns, in `meta_columns!` order.
@@ -277,21 +311,35 @@ pub(crate) mod sql {
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) const MAX_STORED_ENVELOPE: usize = crate::vault::MAX_SECRET_SIZE_LIMIT + 64;
 
+/// The longest wrapped data key a store returns (credvault writes about a hundred bytes; a
+/// KMS's wrapping may add a few hundred). A longer stored value is refused before it is
+/// loaded.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) const MAX_STORED_WRAPPED_KEY: usize = 64 * 1024;
+
+/// How a wrapped key over [`MAX_STORED_WRAPPED_KEY`] is refused.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const LONG_WRAPPED_KEY: &str = "wrapped key longer than any credvault writes";
+
 /// Reading the same columns out of a rusqlite row, for the SQLite store's paged scans
-/// (`sqlite/bulk.rs`): the same column order and the same checks as [`sql`], every value
-/// read in place. A column of the wrong SQL type is refused as malformed.
+/// (`sqlite/bulk.rs`): the same column order, the same bounds and the same checks as
+/// [`sql`], strings checked where SQLite holds them before they are copied. A value of a
+/// SQL type that the column never holds is refused as malformed, as [`sql`] refuses it
+/// (through the store's error mapping); text in a blob column is read as its bytes, as sqlx
+/// reads it.
 #[cfg(feature = "sqlite")]
 pub(crate) mod lite {
     use rusqlite::Row;
     use rusqlite::types::ValueRef;
 
-    use super::{DekRow, bad, metadata};
+    use super::{LONG_WRAPPED_KEY, MAX_STORED_WRAPPED_KEY, bad, dek_record, metadata};
     use crate::error::Error;
     use crate::ids::TenantId;
-    use crate::storage::SecretRecord;
+    use crate::storage::{DekRecord, SecretRecord};
 
     fn value<'r>(row: &'r Row<'_>, i: usize) -> Result<ValueRef<'r>, Error> {
-        row.get_ref(i).map_err(|e| Error::storage("sqlite", e))
+        row.get_ref(i)
+            .map_err(|e| Error::storage(crate::storage::sqlite::BACKEND, e))
     }
 
     fn text<'r>(row: &'r Row<'_>, i: usize, field: &'static str) -> Result<&'r str, Error> {
@@ -308,35 +356,37 @@ pub(crate) mod lite {
         }
     }
 
-    /// A blob column, or `None` for SQL `NULL`.
+    /// A blob column (or text, as its bytes), or `None` for SQL `NULL`.
     fn blob<'r>(
         row: &'r Row<'_>,
         i: usize,
         field: &'static str,
     ) -> Result<Option<&'r [u8]>, Error> {
         match value(row, i)? {
-            ValueRef::Blob(bytes) => Ok(Some(bytes)),
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Ok(Some(bytes)),
             ValueRef::Null => Ok(None),
             _ => Err(bad(field)),
         }
     }
 
-    /// The data-key columns, in `dek_columns!` order.
-    pub(crate) fn dek_row(row: &Row<'_>) -> Result<DekRow, Error> {
-        Ok(DekRow {
-            tenant: text(row, 0, "tenant")?.to_owned(),
-            version: integer(row, 1, "version")?,
-            state: integer(row, 2, "state")?,
-            suite: integer(row, 3, "suite")?,
-            master_key_id: text(row, 4, "master key id")?.to_owned(),
-            wrapped: blob(row, 5, "wrapped key")?
-                .ok_or_else(|| bad("wrapped key"))?
-                .to_vec(),
-            encryptions_reserved: integer(row, 6, "encryptions reserved")?,
-            created_at: integer(row, 7, "created at")?,
-            updated_at: integer(row, 8, "updated at")?,
-            row_version: integer(row, 9, "row version")?,
-        })
+    /// A data-key row, in `dek_columns!` order (the wrapped key bounded: `NULL` when longer
+    /// than any credvault writes).
+    pub(crate) fn dek_row(row: &Row<'_>) -> Result<DekRecord, Error> {
+        let wrapped = blob(row, 5, "wrapped key")?
+            .filter(|w| w.len() <= MAX_STORED_WRAPPED_KEY)
+            .ok_or_else(|| bad(LONG_WRAPPED_KEY))?;
+        dek_record(
+            text(row, 0, "tenant")?,
+            integer(row, 1, "version")?,
+            integer(row, 2, "state")?,
+            integer(row, 3, "suite")?,
+            text(row, 4, "master key id")?,
+            wrapped.to_vec(),
+            integer(row, 6, "encryptions reserved")?,
+            integer(row, 7, "created at")?,
+            integer(row, 8, "updated at")?,
+            integer(row, 9, "row version")?,
+        )
     }
 
     /// A secret row: the `meta_columns!` then the bounded envelope (`NULL` when longer than
@@ -362,6 +412,7 @@ pub(crate) mod lite {
             integer(row, 6, "row version")?,
         )?;
         let envelope = blob(row, 7, "envelope")?
+            .filter(|e| e.len() <= super::MAX_STORED_ENVELOPE)
             .ok_or_else(|| bad("envelope longer than any credvault writes"))?
             .to_vec();
         Ok(SecretRecord { metadata, envelope })

@@ -10,9 +10,10 @@
 //!   `BEGIN IMMEDIATE` transaction, its conditional updates many rows per statement
 //!   (`batch`), each row still checked against its own row version.
 //! - The paged scans of the key jobs (`scan_secrets`, `scan_deks`, `scan_live_deks`,
-//!   `list_secrets_not_under`) read on connections of their own, through rusqlite, decoding each row where SQLite steps to
-//!   it (`bulk`): sqlx hands every row across threads, which cost a sweep four times
-//!   SQLite's own reading. A store over a database in memory reads them through sqlx.
+//!   `list_secrets_not_under`) read on connections of their own, through rusqlite,
+//!   decoding each row where SQLite steps to it (`bulk`): sqlx hands every row across
+//!   threads, which cost a sweep four times SQLite's own reading. A store over a database
+//!   in memory, or over a pool the caller supplied, reads them through sqlx.
 //! - The schema is created and migrated by the crate inside a `BEGIN IMMEDIATE`
 //!   transaction: idempotent, and safe when several processes open the file at once. A
 //!   file written by a newer schema version is refused.
@@ -41,7 +42,7 @@ use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use bulk::BulkReader;
 use gate::WriteGate;
 
-const BACKEND: &str = "sqlite";
+pub(super) const BACKEND: &str = "sqlite";
 /// How long a write waits for the file by default ([`SqliteOptions::with_busy_timeout`]).
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The schema version this build writes.
@@ -97,22 +98,29 @@ macro_rules! limit_param {
     };
 }
 
+/// The data-key columns, the wrapped key bounded as [`bounded_envelope!`] bounds the
+/// envelope: `NULL` for a wrapped key longer than any credvault writes.
 macro_rules! dek_columns {
     () => {
-        "tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version"
+        "tenant, version, state, suite, master_key_id,
+         CASE WHEN octet_length(wrapped) <= 65536 THEN wrapped END,
+         encryptions_reserved, created_at, updated_at, row_version"
     };
 }
 /// The envelope column, or NULL when it is longer than any envelope credvault writes
 /// (16 MiB of plaintext plus 64 bytes of framing): a row edited in the database cannot make
-/// a read allocate without bound.
+/// a read allocate without bound. `octet_length` counts bytes whatever the value's type
+/// (`length` counts the characters of text) and, like `length` of a blob, reads only the
+/// value's size, never its content.
 macro_rules! bounded_envelope {
     () => {
-        "CASE WHEN length(envelope) <= 16777280 THEN envelope END"
+        "CASE WHEN octet_length(envelope) <= 16777280 THEN envelope END"
     };
 }
 
-// The literal in `bounded_envelope!` is the shared bound.
+// The literals in `bounded_envelope!` and `dek_columns!` are the shared bounds.
 const _: () = assert!(super::rows::MAX_STORED_ENVELOPE == 16_777_280);
+const _: () = assert!(super::rows::MAX_STORED_WRAPPED_KEY == 65_536);
 
 /// Reads the bounded envelope column (index 7).
 fn envelope_column(row: &SqliteRow) -> Result<Vec<u8>, Error> {
@@ -226,7 +234,13 @@ impl SqliteStore {
     ///
     /// # Errors
     /// As [`Self::open`].
-    pub async fn with_options(options: SqliteOptions) -> Result<Self, Error> {
+    pub async fn with_options(mut options: SqliteOptions) -> Result<Self, Error> {
+        // Absolute, so that every connection (sqlx's, and the scans' own) opens the same
+        // file whatever the process's working directory is when it opens.
+        if let Some(path) = &options.path {
+            options.path =
+                Some(std::path::absolute(path).map_err(|_| Error::Config("SQLite database path"))?);
+        }
         let connect = match &options.path {
             Some(path) => SqliteConnectOptions::new()
                 .filename(path)
@@ -257,7 +271,7 @@ impl SqliteStore {
             bulk: options
                 .path
                 .clone()
-                .map(|path| BulkReader::new(path, options.busy_timeout)),
+                .map(|path| BulkReader::new(path, options.busy_timeout, options.max_connections)),
             path: options.path,
             writes: WriteGate::new(options.busy_timeout),
         };
@@ -289,11 +303,9 @@ impl SqliteStore {
         n: usize,
     ) -> Result<Vec<DekRecord>, Error> {
         let (tenant, version) = after.map_or(("", 0), |(t, v)| (t.as_str(), i64::from(v.get())));
-        if let Some(bulk) = &self.bulk {
+        if let Some(bulk) = self.bulk()? {
             let params = (tenant.to_owned(), version, limit(n));
-            return bulk
-                .page(sql, params, n, |row| lite::dek_row(row)?.into_record())
-                .await;
+            return bulk.page(sql, params, n, lite::dek_row).await;
         }
         let rows = sqlx::query(sql)
             .bind(tenant)
@@ -303,6 +315,15 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(dek_row).collect()
+    }
+
+    /// The scans' own reader, for a store over a file it opened; `None` otherwise. A store
+    /// whose pool was closed reads nothing, through either driver.
+    fn bulk(&self) -> Result<Option<&BulkReader>, Error> {
+        if self.pool.is_closed() {
+            return Err(map_err(sqlx::Error::PoolClosed));
+        }
+        Ok(self.bulk.as_ref())
     }
 
     /// The underlying pool.
@@ -365,7 +386,16 @@ impl fmt::Debug for SqliteStore {
 }
 
 /// Maps a driver error to the crate's categories; the driver's text stays in `source()`.
+/// A stored value that does not decode as its column's type (a value of another SQL type,
+/// text that is not UTF-8) is a malformed row, as the scans' own decoder (`rows::lite`)
+/// reports it.
 fn map_err(e: sqlx::Error) -> Error {
+    if let sqlx::Error::ColumnDecode { .. } = e {
+        return Error::Format(crate::FormatError::InvalidField(
+            crate::Structure::Record,
+            "a column holds a value of another type",
+        ));
+    }
     let busy = match &e {
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
@@ -387,7 +417,7 @@ fn map_err(e: sqlx::Error) -> Error {
 }
 
 fn dek_row(row: &SqliteRow) -> Result<DekRecord, Error> {
-    columns::dek_row(row).map_err(map_err)?.into_record()
+    columns::dek_row(row).map_err(map_err)??.into_record()
 }
 
 fn meta_row(row: &SqliteRow) -> Result<MetaRow, Error> {
@@ -738,7 +768,7 @@ impl Store for SqliteStore {
             " FROM credvault_secrets WHERE (tenant, name) > (?, ?) ORDER BY tenant, name",
             limit_param!()
         );
-        if let Some(bulk) = &self.bulk {
+        if let Some(bulk) = self.bulk()? {
             let params = (tenant.to_owned(), name.to_owned(), limit(n));
             let mut last = None;
             return bulk
@@ -832,7 +862,7 @@ impl Store for SqliteStore {
             " FROM credvault_secrets WHERE tenant = ? AND name > ? AND dek_version <> ? ORDER BY name",
             limit_param!()
         );
-        if let Some(bulk) = &self.bulk {
+        if let Some(bulk) = self.bulk()? {
             let params = (
                 tenant.as_str().to_owned(),
                 after.map_or("", SecretName::as_str).to_owned(),

@@ -18,6 +18,12 @@ const MAX_NAME: usize = 40;
 
 const DEK_COLUMNS: &str = "tenant, version, state, suite, master_key_id, wrapped, \
                            encryptions_reserved, created_at, updated_at, row_version";
+/// [`DEK_COLUMNS`] as read, the wrapped key bounded as the envelope is: `NULL` for a wrapped
+/// key longer than any credvault writes (`rows::MAX_STORED_WRAPPED_KEY`), refused unread.
+const DEK_READ: &str = "tenant, version, state, suite, master_key_id, \
+                        CASE WHEN octet_length(wrapped) <= 65536 THEN wrapped END, \
+                        encryptions_reserved, created_at, updated_at, row_version";
+const _: () = assert!(crate::storage::rows::MAX_STORED_WRAPPED_KEY == 65_536);
 const META_COLUMNS: &str = "tenant, name, kind, dek_version, created_at, updated_at, row_version";
 
 /// Every statement the store runs, prepared as shareable SQL strings.
@@ -121,10 +127,10 @@ impl Statements {
                  ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version"
             )),
             get_dek: sql(format!(
-                "SELECT {DEK_COLUMNS} FROM {deks} WHERE tenant = $1 AND version = $2"
+                "SELECT {DEK_READ} FROM {deks} WHERE tenant = $1 AND version = $2"
             )),
             list_deks: sql(format!(
-                "SELECT {DEK_COLUMNS} FROM {deks} WHERE tenant = $1 ORDER BY version"
+                "SELECT {DEK_READ} FROM {deks} WHERE tenant = $1 ORDER BY version"
             )),
             create_dek: sql(format!(
                 "INSERT INTO {deks} ({DEK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
@@ -152,11 +158,11 @@ impl Statements {
                 "SELECT EXISTS (SELECT 1 FROM {deks} WHERE tenant = $1 AND version = $2)"
             )),
             scan_deks: sql(format!(
-                "SELECT {DEK_COLUMNS} FROM {deks} WHERE (tenant, version) > ($1, $2)
+                "SELECT {DEK_READ} FROM {deks} WHERE (tenant, version) > ($1, $2)
                  ORDER BY tenant, version LIMIT $3"
             )),
             scan_live_deks: sql(format!(
-                "SELECT {DEK_COLUMNS} FROM {deks} WHERE (tenant, version) > ($1, $2) AND state <> 3
+                "SELECT {DEK_READ} FROM {deks} WHERE (tenant, version) > ($1, $2) AND state <> 3
                  ORDER BY tenant, version LIMIT $3"
             )),
             list_tenants: sql(format!(

@@ -5,26 +5,35 @@
 //! (`sqlite3_value_dup`, an allocation under SQLite's memory mutex), wakes the task for
 //! it, and frees the copies when the task drops the row. The rotation sweeps read every
 //! record of the store, and for them that hand-over costs several times SQLite's own
-//! work: a scan of 100,000 secrets took about 1 s of CPU through sqlx and 0.25 s read as
+//! work: a scan of 100,000 secrets took about 1 s of CPU through sqlx and 0.2 s read as
 //! here ("Rotation jobs" in `BENCHMARKS.md`). On a small machine that CPU is taken from
 //! the writes the sweep issues beside its reads.
 //!
 //! A page read here runs on tokio's blocking pool, on a rusqlite connection that this
 //! reader opened to the store's file, and is decoded into records while SQLite steps
-//! through it, each value read in place. rusqlite links the same SQLite library as sqlx
-//! (one `libsqlite3-sys`), so the two drivers' connections share SQLite's own file locks.
-//! The connection only reads (`query_only`); in WAL mode it reads beside the writer, as
-//! any connection of the pool does, and each page is one statement, so one consistent
-//! snapshot, as before. Up to [`IDLE`] connections are kept for the next pages.
+//! through it (`rows::lite`). rusqlite links the same SQLite library as sqlx (one
+//! `libsqlite3-sys`), so the two drivers' connections share SQLite's own file locks, and
+//! the file is opened with the flags sqlx uses. Each page is one statement, so one
+//! consistent snapshot, as through sqlx; the statement is reset when its rows are read
+//! (or their reading fails), so an idle connection holds no snapshot that would keep the
+//! WAL from being checkpointed.
 //!
-//! A store over a database in memory (private to sqlx's single connection) or over a pool
-//! the caller supplied has no reader, and reads its scans through sqlx.
+//! The connection is opened read-write and then set `query_only`: a read-only connection
+//! cannot create the WAL's shared-memory file when it is the first to open the database,
+//! and `query_only` refuses any statement that would change it. (When the last connection
+//! to the file closes, SQLite checkpoints the WAL, whichever connection that is.)
+//!
+//! At most as many pages are read at once as the store's pool has connections, and up to
+//! [`IDLE`] connections are kept for [`IDLE_LIFETIME`] for the next pages. A store over a
+//! database in memory (private to sqlx's single connection) or over a pool the caller
+//! supplied has no reader, and reads its scans through sqlx.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Params, Row};
+use tokio::sync::Semaphore;
 
 use super::BACKEND;
 use crate::error::Error;
@@ -32,6 +41,10 @@ use crate::error::Error;
 /// Idle connections kept for the next page. A sweep reads one page at a time from each of
 /// its two scans.
 const IDLE: usize = 2;
+
+/// How long an idle connection is kept. A connection opened later sees the file at the
+/// store's path as it is then, should it have been replaced.
+const IDLE_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Rows a page reserves room for up front (it grows beyond, up to its limit).
 const PREALLOCATE: usize = 1024;
@@ -43,24 +56,31 @@ pub(super) struct BulkReader(Arc<Shared>);
 struct Shared {
     path: PathBuf,
     busy_timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    /// One permit per page being read: as many as the store's pool has connections.
+    reading: Arc<Semaphore>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
 impl BulkReader {
-    pub(super) fn new(path: PathBuf, busy_timeout: Duration) -> Self {
+    /// A reader of the database file at `path` (absolute), reading at most `readers` pages
+    /// at once.
+    pub(super) fn new(path: PathBuf, busy_timeout: Duration, readers: u32) -> Self {
+        let readers = usize::try_from(readers).unwrap_or(1).max(1);
         Self(Arc::new(Shared {
             path,
             busy_timeout,
+            reading: Arc::new(Semaphore::new(readers)),
             idle: Mutex::new(Vec::new()),
         }))
     }
 
-    /// The rows of `sql` (a query with `params`, which returns at most `limit` rows), each
+    /// The rows of `sql` (a query with `params` that returns at most `limit` rows), each
     /// decoded by `decode` as SQLite steps to it.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] if the file cannot be opened or stays locked past the busy
-    /// timeout; [`Error::Storage`] for other driver errors; what `decode` returns.
+    /// [`Error::Unavailable`] if the file cannot be opened, stays locked past the busy
+    /// timeout, or as many pages as the pool has connections are being read for longer
+    /// than that; [`Error::Storage`] for other driver errors; what `decode` returns.
     pub(super) async fn page<P, T, D>(
         &self,
         sql: &'static str,
@@ -74,18 +94,38 @@ impl BulkReader {
         D: FnMut(&Row<'_>) -> Result<T, Error> + Send + 'static,
     {
         let shared = Arc::clone(&self.0);
+        let permit = tokio::time::timeout(
+            shared.busy_timeout,
+            Arc::clone(&shared.reading).acquire_owned(),
+        )
+        .await
+        .map_err(|elapsed| Error::unavailable(BACKEND, elapsed))?
+        .map_err(|closed| Error::unavailable(BACKEND, closed))?;
         let read = move |conn: &Connection| {
             let mut statement = conn.prepare_cached(sql).map_err(map_err)?;
             let mut rows = statement.query(params).map_err(map_err)?;
             let mut out = Vec::with_capacity(limit.min(PREALLOCATE));
-            while let Some(row) = rows.next().map_err(map_err)? {
+            // The SQL's limit bounds the page; the loop does not rely on it.
+            while out.len() < limit {
+                let Some(row) = rows.next().map_err(map_err)? else {
+                    break;
+                };
                 out.push(decode(row)?);
             }
             Ok(out)
         };
-        tokio::task::spawn_blocking(move || shared.read(read))
-            .await
-            .map_err(|e| Error::storage(BACKEND, e))?
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            shared.read(read)
+        })
+        .await;
+        match joined {
+            Ok(page) => page,
+            // A decoder bug must surface as one, not as a failure worth retrying.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(cancelled) => Err(Error::unavailable(BACKEND, cancelled)),
+        }
     }
 }
 
@@ -93,31 +133,40 @@ impl Shared {
     /// Runs `read` on an idle connection, or a new one, and keeps the connection for the
     /// next read unless the driver failed (it may no longer be usable).
     fn read<T>(&self, read: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let idle = self.idle().pop();
+        let idle = {
+            let mut idle = self.idle();
+            idle.retain(|(_, since)| since.elapsed() < IDLE_LIFETIME);
+            idle.pop()
+        };
         let conn = match idle {
-            Some(conn) => conn,
+            Some((conn, _)) => conn,
             None => self.open()?,
         };
         let out = read(&conn);
         if !matches!(out, Err(Error::Storage { .. } | Error::Unavailable { .. })) {
             let mut idle = self.idle();
             if idle.len() < IDLE {
-                idle.push(conn);
+                idle.push((conn, Instant::now()));
             }
         }
         out
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<(Connection, Instant)>> {
         // The list holds no invariant a panic could break.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A read-only connection to the store's file (which the store created and migrated).
+    /// A connection to the store's file (which the store created and migrated), with the
+    /// flags sqlx opens it with, less `CREATE`: a file that is gone is an error, not a new
+    /// empty database.
     fn open(&self) -> Result<Connection, Error> {
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE,
         )
         .map_err(map_err)?;
         conn.busy_timeout(self.busy_timeout).map_err(map_err)?;
