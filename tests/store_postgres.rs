@@ -169,11 +169,12 @@ async fn an_unreachable_server_is_unavailable_and_the_url_stays_secret() {
 }
 
 /// Rows edited directly in the database — copied to another tenant, a bit flipped,
-/// truncated, a column set out of range, an oversized envelope — fail to open with the
-/// documented error kind, and nothing panics.
+/// truncated, a column set out of range, an oversized envelope or wrapped key — fail to
+/// open with the documented error kind, and nothing panics.
 #[tokio::test]
 async fn rows_edited_in_the_database_fail_to_open() {
     use credvault::ApiKey;
+    use credvault::storage::Store as _;
     let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
         return;
     };
@@ -273,4 +274,21 @@ async fn rows_edited_in_the_database_fail_to_open() {
         "secret-copied-from",
         "the other tenant is untouched"
     );
+    // A wrapped key longer than any credvault writes is refused unread, by every read.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".credvault_deks SET wrapped = decode(repeat('00', 65537), 'hex') WHERE tenant = 'alpha'"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let first = credvault::DekVersion::FIRST;
+    let reads = [
+        store.get_dek(&a, first).await.map(|_| ()),
+        store.list_deks(&a).await.map(|_| ()),
+        store.scan_deks(None, 10).await.map(|_| ()),
+        store.scan_live_deks(None, 10).await.map(|_| ()),
+    ];
+    for read in reads {
+        assert_eq!(read.unwrap_err().kind(), ErrorKind::Malformed);
+    }
 }

@@ -47,12 +47,15 @@ pub(crate) async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
     out
 }
 
-/// A SQLite store on a new file in a new temporary directory. The directory outlives the
-/// test (a store handed out as `Arc<dyn Store>` cannot take it along); the test's process
-/// is the only one that knows its name.
+/// A SQLite store on a new file, in a new directory under cargo's scratch directory for
+/// integration tests (`target/tmp`, removed by `cargo clean`). The directory outlives the
+/// test: a store handed out as `Arc<dyn Store>` cannot take it along.
 #[cfg(feature = "sqlite")]
 pub(crate) async fn sqlite_file() -> credvault::SqliteStore {
-    let path = tempfile::tempdir().unwrap().keep().join("test.db");
+    let path = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep()
+        .join("test.db");
     credvault::SqliteStore::with_options(
         credvault::storage::SqliteOptions::file(path).with_durable_commits(false),
     )
