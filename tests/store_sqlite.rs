@@ -26,7 +26,7 @@ mod in_memory {
 mod file {
     use super::*;
     credvault::store_conformance_tests!(async {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let path = dir.keep().join("conformance.db");
         let store = SqliteStore::with_options(
             credvault::storage::SqliteOptions::file(&path).with_durable_commits(false),
