@@ -518,3 +518,21 @@ async fn a_file_scan_of_a_deleted_database_is_unavailable() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(!path.exists(), "the scan must not create the file");
 }
+
+/// A store whose pool was closed reads nothing, whichever driver its scans go through: the
+/// file's own reader does not outlive the store's pool.
+#[tokio::test]
+async fn a_store_whose_pool_is_closed_scans_nothing() {
+    for (label, _dir, store) in both().await {
+        let t = unique_tenant("closed");
+        fill(&store, std::slice::from_ref(&t)).await;
+        store.pool().close().await;
+        for scans in [Scans::Secrets, Scans::Deks] {
+            let errors = scan_errors(&store, &t, scans).await;
+            assert!(
+                errors.iter().all(Option::is_some),
+                "{label}: every scan of a closed store fails, got {errors:?}"
+            );
+        }
+    }
+}

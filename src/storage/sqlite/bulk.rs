@@ -186,3 +186,58 @@ fn map_err(e: rusqlite::Error) -> Error {
         _ => Error::storage(BACKEND, e),
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test assertions, and a decoder that panics on purpose"
+)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{BulkReader, map_err};
+    use crate::ErrorKind;
+
+    fn one(reader: &BulkReader) -> impl Future<Output = Result<Vec<i64>, crate::Error>> {
+        reader.page("SELECT 1", (), 1, |row| row.get(0).map_err(map_err))
+    }
+
+    #[tokio::test]
+    async fn a_page_waits_for_a_reader_no_longer_than_the_busy_timeout() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("bulk.db");
+        drop(rusqlite::Connection::open(&path).expect("a database file"));
+        let reader = BulkReader::new(path, Duration::from_millis(20), 1);
+
+        let busy = reader
+            .0
+            .reading
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the only reader is free");
+        assert_eq!(
+            one(&reader).await.map_err(|e| e.kind()),
+            Err(ErrorKind::Unavailable),
+            "a page beyond the pool's size waits its turn, then gives up"
+        );
+        drop(busy);
+        assert_eq!(one(&reader).await.expect("the reader is free"), vec![1]);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a decoder bug")]
+    async fn a_decoder_that_panics_panics_the_caller_instead_of_failing_as_unavailable() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("bulk.db");
+        drop(rusqlite::Connection::open(&path).expect("a database file"));
+        let reader = BulkReader::new(path, Duration::from_millis(20), 1);
+        let page: Result<Vec<()>, _> = reader
+            .page("SELECT 1", (), 1, |_| -> Result<(), crate::Error> {
+                panic!("a decoder bug")
+            })
+            .await;
+        drop(page);
+    }
+}
