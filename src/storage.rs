@@ -241,10 +241,32 @@ pub enum PutMode {
 ///   failures [`Error::Storage`]. Server text goes in `source()` only.
 /// - **No secrets.** A store only ever receives ciphertext and wrapped keys; it must not
 ///   log record contents.
+/// - **Closing.** After [`Store::close`] every operation fails with
+///   [`Error::Unavailable`], promptly (never a hang).
 #[async_trait]
 pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// A short name for errors and logs (`memory`, `sqlite`, ...).
     fn backend_name(&self) -> &'static str;
+
+    /// Shuts the store down deliberately: waits for the operations under way to finish,
+    /// then closes every connection the store holds, and returns once they are closed.
+    /// Every clone of the store shares the closing. Afterwards every operation fails at
+    /// once with [`Error::Unavailable`]; calling `close` again does nothing and succeeds.
+    ///
+    /// A program calls it (usually through [`crate::Vault::close`]) before it exits or
+    /// hands the database to something else, so that it knows what the store wrote is
+    /// settled: SQLite checkpoints its write-ahead log into the database file first.
+    /// Dropping a store without closing it loses nothing that was acknowledged, but its
+    /// connections then close in the background, at a moment the program does not see.
+    ///
+    /// A wrapper around another store forwards `close` to it.
+    ///
+    /// # Errors
+    /// The store is closed whatever is returned. An error reports that it could not settle
+    /// its files first ([`Error::Unavailable`]: SQLite could not checkpoint its log within
+    /// the busy timeout because another process kept reading an older snapshot; the log
+    /// stays beside the database, and every acknowledged write is in it).
+    async fn close(&self) -> Result<(), Error>;
 
     /// One data-key record.
     ///

@@ -19,6 +19,7 @@ pub use builder::{
 pub use jobs::{DeletionReceipt, JobFailure, JobOptions, Progress, ReencryptReport, RewrapReport};
 pub use lifecycle::DekStatus;
 
+use crate::error::Error;
 use crate::keys::{DekCache, MasterKeyRing};
 use crate::storage::{MemoryStore, Store};
 use active::ActiveKeys;
@@ -81,6 +82,26 @@ impl Vault {
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Shuts the vault down deliberately: forgets the data keys it holds unwrapped in
+    /// memory and closes its store ([`Store::close`]): the operations under way finish,
+    /// every connection is closed, and a SQLite store's write-ahead log is checkpointed into
+    /// its file, all before this returns. Afterwards every operation of this vault, of its
+    /// clones and of other vaults over the same store fails with [`Error::Unavailable`].
+    ///
+    /// Call it before a program exits or hands the database files on; dropping the last
+    /// handle instead loses nothing acknowledged, but closes the connections in the
+    /// background, at a moment the program does not see. A vault built over a shared
+    /// store ([`Vault::builder_with_store`]) closes that store for everyone who shares it.
+    ///
+    /// # Errors
+    /// The vault is closed whatever is returned; see [`Store::close`] for what an error
+    /// reports.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.deks.clear();
+        self.inner.active.clear();
+        self.inner.store.close().await
     }
 
     /// The master keys this vault uses.

@@ -329,6 +329,9 @@ impl Store for LostKeys {
     fn backend_name(&self) -> &'static str {
         "lost-keys"
     }
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
     async fn get_dek(
         &self,
         tenant: &TenantId,

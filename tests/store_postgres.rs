@@ -292,3 +292,67 @@ async fn rows_edited_in_the_database_fail_to_open() {
         assert_eq!(read.unwrap_err().kind(), ErrorKind::Malformed);
     }
 }
+
+/// `close` closes every connection of the pool: the pool is empty and the server lists
+/// none of its sessions; the store refuses what follows as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_session_on_the_server() {
+    use credvault::storage::{PutMode, Store, conformance};
+    let Some(url) = servers::url("CREDVAULT_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let app = format!("cvtest_close_{}", servers::unique_suffix());
+    let connect: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .connect_with(connect.application_name(&app))
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(pool, PostgresOptions::new().with_schema(schema()))
+        .await
+        .unwrap();
+    let t = conformance::unique_tenant("close");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12u32 {
+        let (store, t) = (store.clone(), t.clone());
+        tasks.spawn(async move {
+            store
+                .put_dek(conformance::dek_record(&t, i + 1, 1), PutMode::Create)
+                .await
+                .unwrap();
+        });
+    }
+    tasks.join_all().await;
+    let watcher = servers::postgres_in(&url, schema()).await;
+    let sessions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(watcher.pool())
+        .await
+        .unwrap()
+    };
+    assert!(sessions().await > 1, "the pool holds several sessions");
+    store.close().await.unwrap();
+    assert!(store.pool().is_closed());
+    assert_eq!(
+        store.pool().size(),
+        0,
+        "every connection of the pool is closed"
+    );
+    let mut left = sessions().await;
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = sessions().await;
+    }
+    assert_eq!(left, 0, "the server still lists the store's sessions");
+    assert_eq!(
+        store.list_deks(&t).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    watcher.close().await.unwrap();
+}

@@ -394,3 +394,64 @@ async fn row_versions_are_counted_exactly_or_refused() {
         }
     }
 }
+
+/// Whether the server lists the client with `id`.
+async fn listed(raw: &mut redis::aio::MultiplexedConnection, id: i64) -> bool {
+    let listed: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("ID")
+        .arg(id)
+        .query_async(raw)
+        .await
+        .unwrap();
+    !listed.trim().is_empty()
+}
+
+/// Waits (up to 10 s) until the server no longer lists the client with `id`.
+async fn gone(raw: &mut redis::aio::MultiplexedConnection, id: i64) -> bool {
+    for _ in 0..100 {
+        if !listed(raw, id).await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// `close` drops the store's connection: the server sees the client go, and the store and
+/// its clones refuse what follows as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_connection_on_the_server() {
+    let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut manager =
+        redis::aio::ConnectionManager::new(redis::Client::open(url.as_str()).unwrap())
+            .await
+            .unwrap();
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut manager)
+        .await
+        .unwrap();
+    let options = RedisOptions::new().with_prefix(format!("cvtest:{}", servers::unique_suffix()));
+    let store = RedisStore::from_connection(manager, options).await.unwrap();
+    let clone = store.clone();
+    let t = conformance::unique_tenant("close");
+    store
+        .put_dek(conformance::dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    let mut raw = raw(&url).await;
+    assert!(listed(&mut raw, id).await, "the store's connection is open");
+    store.close().await.unwrap();
+    assert!(store.connection().await.is_none());
+    assert!(
+        gone(&mut raw, id).await,
+        "the server still lists the store's connection"
+    );
+    assert_eq!(
+        clone.list_deks(&t).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+}

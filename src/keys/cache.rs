@@ -209,6 +209,12 @@ impl DekCache {
         }
     }
 
+    /// Drops every entry (the keys are zeroized as their last holder lets go of them).
+    pub(crate) fn clear(&self) {
+        let old = std::mem::take(&mut *self.lock());
+        drop(old);
+    }
+
     /// Drops one entry.
     pub(crate) fn remove(&self, tenant: &TenantId, version: DekVersion) {
         self.lock().remove(tenant.as_str(), version);

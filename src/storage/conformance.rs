@@ -1009,6 +1009,148 @@ pub async fn empty_batches_are_no_ops(store: Arc<dyn Store>) {
     assert!(store.put_deks(Vec::new()).await.unwrap().is_empty());
 }
 
+/// How long a closed store may take to refuse an operation before it counts as a hang.
+const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `op` on a closed store: it must fail with [`ErrorKind::Unavailable`], promptly.
+async fn refused<T: std::fmt::Debug>(what: &str, op: impl Future<Output = Result<T, Error>>) {
+    let outcome = tokio::time::timeout(PROMPTLY, op)
+        .await
+        .unwrap_or_else(|_| panic!("{what} on a closed store hangs"));
+    match outcome {
+        Err(e) => assert_eq!(
+            e.kind(),
+            ErrorKind::Unavailable,
+            "{what} on a closed store: {e}"
+        ),
+        Ok(v) => panic!("{what} on a closed store succeeded: {v:?}"),
+    }
+}
+
+pub async fn a_closed_store_refuses_every_operation_as_unavailable(store: Arc<dyn Store>) {
+    let t = unique_tenant("closed");
+    let n = name("s");
+    store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    store
+        .put_secret(secret_record(&t, &n, vec![1; 40]), PutMode::Create)
+        .await
+        .unwrap();
+    // A scan before the close, so that a backend with connections of its own for scans
+    // holds one when it closes.
+    assert!(!store.scan_deks(None, 10).await.unwrap().is_empty());
+    tokio::time::timeout(PROMPTLY, store.close())
+        .await
+        .expect("close returns")
+        .unwrap();
+
+    let v = DekVersion::FIRST;
+    refused("get_dek", store.get_dek(&t, v)).await;
+    refused("list_deks", store.list_deks(&t)).await;
+    refused(
+        "put_dek",
+        store.put_dek(dek_record(&t, 2, 2), PutMode::Create),
+    )
+    .await;
+    refused("get_secret", store.get_secret(&t, &n)).await;
+    refused(
+        "put_secret",
+        store.put_secret(secret_record(&t, &name("t"), vec![2; 40]), PutMode::Upsert),
+    )
+    .await;
+    refused("delete_secret", store.delete_secret(&t, &n, None)).await;
+    refused("list_secrets", store.list_secrets(&t, None, 10)).await;
+    refused("list_tenants", store.list_tenants(None, 10)).await;
+    refused("scan_secrets", store.scan_secrets(None, 10)).await;
+    refused("scan_deks", store.scan_deks(None, 10)).await;
+    refused("scan_live_deks", store.scan_live_deks(None, 10)).await;
+    refused("delete_dek", store.delete_dek(&t, v, None)).await;
+    refused(
+        "list_secrets_not_under",
+        store.list_secrets_not_under(&t, DekVersion::new(2).unwrap(), None, 10),
+    )
+    .await;
+    refused(
+        "count_secrets_by_version",
+        store.count_secrets_by_version(&t),
+    )
+    .await;
+    refused(
+        "count_secrets_by_tenant_version",
+        store.count_secrets_by_tenant_version(None, 10),
+    )
+    .await;
+    refused(
+        "count_secrets_to_reencrypt",
+        store.count_secrets_to_reencrypt(),
+    )
+    .await;
+    refused("count_deks_by_master_key", store.count_deks_by_master_key()).await;
+    refused(
+        "put_secrets",
+        store.put_secrets(vec![(secret_record(&t, &n, vec![3; 40]), PutMode::Upsert)]),
+    )
+    .await;
+    refused(
+        "put_deks",
+        store.put_deks(vec![(dek_record(&t, 1, 3), PutMode::Upsert)]),
+    )
+    .await;
+
+    tokio::time::timeout(PROMPTLY, store.close())
+        .await
+        .expect("a second close returns")
+        .expect("a second close succeeds");
+}
+
+pub async fn closing_during_operations_neither_hangs_nor_fails_them_otherwise(
+    store: Arc<dyn Store>,
+) {
+    let t = unique_tenant("closing");
+    store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32u32 {
+        let (store, t) = (Arc::clone(&store), t.clone());
+        tasks.spawn(async move {
+            let n = name(&format!("s{i:02}"));
+            let mut outcomes = Vec::new();
+            for round in 0..20u8 {
+                let write = store
+                    .put_secret(secret_record(&t, &n, vec![round; 40]), PutMode::Upsert)
+                    .await
+                    .map(drop);
+                let read = store.get_secret(&t, &n).await.map(drop);
+                let scan = store.scan_secrets(None, 50).await.map(drop);
+                outcomes.extend([write, read, scan]);
+            }
+            outcomes
+        });
+    }
+    tokio::task::yield_now().await;
+    // Two closes at once, beside the work: both return, and every operation either did its
+    // work or was refused as unavailable.
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(PROMPTLY, store.close()),
+        tokio::time::timeout(PROMPTLY, store.close()),
+    );
+    a.expect("close returns").unwrap();
+    b.expect("a concurrent close returns").unwrap();
+    let all = tokio::time::timeout(PROMPTLY, tasks.join_all())
+        .await
+        .expect("the operations under way return");
+    for outcome in all.into_iter().flatten() {
+        if let Err(e) = outcome {
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        }
+    }
+    refused("get_secret after close", store.get_secret(&t, &name("s00"))).await;
+}
+
 pub async fn scanning_deks_visits_each_record_once_in_order(store: Arc<dyn Store>) {
     let mine: BTreeSet<TenantId> = (0..7).map(|i| unique_tenant(&format!("scan{i}"))).collect();
     for t in &mine {
@@ -1349,7 +1491,8 @@ pub async fn reencryption_count_matches_the_records(store: Arc<dyn Store>) {
 /// Generates one `#[tokio::test]` per conformance check.
 ///
 /// `$make` is an expression evaluating to a future of `Option<Arc<S>>` for a store type
-/// `S`; it is evaluated once per test. `None` skips the test (for a server backend whose
+/// `S`; it is evaluated once per test, and must give each test a handle of its own (with
+/// connections of its own), since two of the checks close the store they are given. `None` skips the test (for a server backend whose
 /// server is not configured: print why before returning `None`).
 #[macro_export]
 macro_rules! store_conformance_tests {
@@ -1379,6 +1522,8 @@ macro_rules! store_conformance_tests {
             scanning_secrets_visits_each_record_once_in_order,
             grouped_counts_page_through_every_tenant_and_version,
             reencryption_count_matches_the_records,
+            a_closed_store_refuses_every_operation_as_unavailable,
+            closing_during_operations_neither_hangs_nor_fails_them_otherwise,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

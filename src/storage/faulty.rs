@@ -106,6 +106,10 @@ impl Store for FaultyStore {
         "faulty"
     }
 
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
+
     async fn get_dek(
         &self,
         tenant: &TenantId,

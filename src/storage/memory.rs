@@ -28,7 +28,7 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inner = self.read();
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("MemoryStore")
             .field("tenants", &inner.deks.len())
             .field(
@@ -46,6 +46,13 @@ struct Inner {
     secrets: FastMap<TenantId, TenantSecrets>,
     /// The keys of `secrets`, in order.
     secret_tenants: BTreeSet<TenantId>,
+    /// Set by [`Store::close`], which also drops every record.
+    closed: bool,
+}
+
+/// What every operation of a closed store returns.
+fn closed() -> Error {
+    Error::unavailable("memory", "the store was closed")
 }
 
 /// One tenant's secrets: the rows, and their names in order (the same set of keys).
@@ -87,13 +94,23 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    /// The records, for reading; [`Error::Unavailable`] once the store is closed.
+    fn read(&self) -> Result<RwLockReadGuard<'_, Inner>, Error> {
         // Every mutation below is a single map operation: a panic cannot leave it half-done.
-        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        if inner.closed {
+            return Err(closed());
+        }
+        Ok(inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    /// The records, for writing; [`Error::Unavailable`] once the store is closed.
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>, Error> {
+        let inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if inner.closed {
+            return Err(closed());
+        }
+        Ok(inner)
     }
 
     /// Calls `f` on the stored row of `tenant` / `name`, under the read lock, without
@@ -103,10 +120,10 @@ impl MemoryStore {
         tenant: &str,
         name: &str,
         f: impl FnOnce(&SecretRecord) -> T,
-    ) -> Option<T> {
-        let inner = self.read();
-        let row = inner.secrets.get(tenant)?.rows.get(name)?;
-        Some(f(row))
+    ) -> Result<Option<T>, Error> {
+        let inner = self.read()?;
+        let row = inner.secrets.get(tenant).and_then(|t| t.rows.get(name));
+        Ok(row.map(f))
     }
 
     /// [`Store::put_secret`] without a future and, when a row is replaced, without touching
@@ -125,7 +142,7 @@ impl MemoryStore {
             updated_at,
             envelope,
         } = row;
-        let mut inner = self.write();
+        let mut inner = self.write()?;
         if let Some(existing) = inner
             .secrets
             .get_mut(tenant.as_str())
@@ -204,13 +221,24 @@ impl Store for MemoryStore {
         "memory"
     }
 
+    /// Drops every record (nothing else would ever read them) and refuses what follows.
+    async fn close(&self) -> Result<(), Error> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let records = std::mem::take(&mut *inner);
+        inner.closed = true;
+        drop(inner);
+        // The records are freed after the lock is released.
+        drop(records);
+        Ok(())
+    }
+
     async fn get_dek(
         &self,
         tenant: &TenantId,
         version: DekVersion,
     ) -> Result<Option<DekRecord>, Error> {
         Ok(self
-            .read()
+            .read()?
             .deks
             .get(tenant)
             .and_then(|m| m.get(&version))
@@ -219,7 +247,7 @@ impl Store for MemoryStore {
 
     async fn list_deks(&self, tenant: &TenantId) -> Result<Vec<DekRecord>, Error> {
         Ok(self
-            .read()
+            .read()?
             .deks
             .get(tenant)
             .map(|m| m.values().cloned().collect())
@@ -227,7 +255,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_dek(&self, mut record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        let mut inner = self.write();
+        let mut inner = self.write()?;
         let versions = inner.deks.entry(record.tenant.clone()).or_default();
         let existing = versions.get(&record.version);
         let row_version = check_mode(existing, mode, |r| r.row_version, "data key")?;
@@ -244,7 +272,7 @@ impl Store for MemoryStore {
         tenant: &TenantId,
         name: &SecretName,
     ) -> Result<Option<SecretRecord>, Error> {
-        Ok(self.read_secret(tenant.as_str(), name.as_str(), SecretRecord::clone))
+        self.read_secret(tenant.as_str(), name.as_str(), SecretRecord::clone)
     }
 
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
@@ -269,7 +297,7 @@ impl Store for MemoryStore {
         name: &SecretName,
         expected: Option<RowVersion>,
     ) -> Result<bool, Error> {
-        let mut inner = self.write();
+        let mut inner = self.write()?;
         let Some(names) = inner.secrets.get_mut(tenant) else {
             return Ok(false);
         };
@@ -296,7 +324,7 @@ impl Store for MemoryStore {
         after: Option<&SecretName>,
         limit: usize,
     ) -> Result<Vec<SecretMetadata>, Error> {
-        let inner = self.read();
+        let inner = self.read()?;
         let Some(names) = inner.secrets.get(tenant) else {
             return Ok(Vec::new());
         };
@@ -312,7 +340,7 @@ impl Store for MemoryStore {
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<TenantId>, Error> {
-        let inner = self.read();
+        let inner = self.read()?;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(inner
             .deks
@@ -328,7 +356,7 @@ impl Store for MemoryStore {
         after: Option<(&TenantId, &SecretName)>,
         limit: usize,
     ) -> Result<Vec<SecretRecord>, Error> {
-        let inner = self.read();
+        let inner = self.read()?;
         let mut out = Vec::new();
         let lower = after.map_or(Bound::Unbounded, |(t, _)| Bound::Included(t));
         for tenant in inner
@@ -357,7 +385,7 @@ impl Store for MemoryStore {
         after: Option<(&TenantId, DekVersion)>,
         limit: usize,
     ) -> Result<Vec<DekRecord>, Error> {
-        let inner = self.read();
+        let inner = self.read()?;
         let mut out = Vec::new();
         let lower = after.map_or(Bound::Unbounded, |(t, _)| Bound::Included(t));
         for (tenant, versions) in inner.deks.range::<TenantId, _>((lower, Bound::Unbounded)) {
@@ -380,7 +408,7 @@ impl Store for MemoryStore {
         version: DekVersion,
         expected: Option<RowVersion>,
     ) -> Result<bool, Error> {
-        let mut inner = self.write();
+        let mut inner = self.write()?;
         let Some(versions) = inner.deks.get_mut(tenant) else {
             return Ok(false);
         };
@@ -404,7 +432,7 @@ impl Store for MemoryStore {
         after: Option<&SecretName>,
         limit: usize,
     ) -> Result<Vec<SecretRecord>, Error> {
-        let inner = self.read();
+        let inner = self.read()?;
         let Some(names) = inner.secrets.get(tenant) else {
             return Ok(Vec::new());
         };

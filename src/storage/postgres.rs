@@ -443,6 +443,14 @@ impl Store for PostgresStore {
         BACKEND
     }
 
+    /// Closes the pool (a pool passed to [`PostgresStore::from_pool`] too, with every
+    /// other handle to it): waits for the connections in use to be returned, then closes
+    /// each one.
+    async fn close(&self) -> Result<(), Error> {
+        self.pool.close().await;
+        Ok(())
+    }
+
     async fn get_dek(
         &self,
         tenant: &TenantId,

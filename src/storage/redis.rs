@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Script, ServerErrorKind, Value};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_u64};
 use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
@@ -136,7 +137,7 @@ struct Scripts {
 /// A [`Store`] in Redis. See the module documentation.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Connection,
     layout: Arc<Layout>,
     scripts: Arc<Scripts>,
 }
@@ -181,7 +182,7 @@ impl RedisStore {
         options: RedisOptions,
     ) -> Result<Self, Error> {
         let store = Self {
-            conn,
+            conn: Connection(Arc::new(RwLock::new(Some(conn)))),
             layout: Arc::new(Layout::new(&options.prefix)?),
             scripts: Arc::new(Scripts {
                 put_secret: Script::new(scripts::PUT_SECRET),
@@ -196,10 +197,11 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// The connection manager (a cheap clone sharing the connection).
-    #[must_use]
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The connection manager (a cheap clone sharing the connection), or `None` once the
+    /// store is closed. The clone keeps the connection open until it is dropped, even past
+    /// [`Store::close`].
+    pub async fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.0.read().await.clone()
     }
 
     async fn check_server(&self, options: &RedisOptions) -> Result<(), Error> {
@@ -243,10 +245,10 @@ impl RedisStore {
     }
 
     async fn info(&self, section: &str) -> Result<String, Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.lease().await?;
         redis::cmd("INFO")
             .arg(section)
-            .query_async(&mut conn)
+            .query_async(&mut *conn)
             .await
             .map_err(map_err)
     }
@@ -257,13 +259,13 @@ impl RedisStore {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.lease().await?;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (_, cmd) in &calls {
             pipe.add_command(cmd.clone());
         }
-        let mut replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(map_err)?;
+        let mut replies: Vec<Value> = pipe.query_async(&mut *conn).await.map_err(map_err)?;
         if replies.len() != calls.len() {
             return Err(Error::storage(BACKEND, "pipeline reply count mismatch"));
         }
@@ -276,8 +278,8 @@ impl RedisStore {
         if !missing.is_empty() {
             for i in &missing {
                 if let Some((script, cmd)) = calls.get(*i) {
-                    script.load_async(&mut conn).await.map_err(map_err)?;
-                    let again: Value = cmd.query_async(&mut conn).await.map_err(map_err)?;
+                    script.load_async(&mut *conn).await.map_err(map_err)?;
+                    let again: Value = cmd.query_async(&mut *conn).await.map_err(map_err)?;
                     if let Some(slot) = replies.get_mut(*i) {
                         *slot = again;
                     }
@@ -295,11 +297,11 @@ impl RedisStore {
     /// Runs one script by hash, without a pipeline; loads it and runs it again once if the
     /// server did not know it (after a restart or `SCRIPT FLUSH`).
     async fn eval(&self, script: &Script, cmd: &Cmd) -> Result<Value, Error> {
-        let mut conn = self.conn.clone();
-        match cmd.query_async(&mut conn).await {
+        let mut conn = self.conn.lease().await?;
+        match cmd.query_async(&mut *conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.load_async(&mut conn).await.map_err(map_err)?;
-                cmd.query_async(&mut conn).await.map_err(map_err)
+                script.load_async(&mut *conn).await.map_err(map_err)?;
+                cmd.query_async(&mut *conn).await.map_err(map_err)
             }
             reply => reply.map_err(map_err),
         }
@@ -554,6 +556,50 @@ fn map_err(e: RedisError) -> Error {
     }
 }
 
+/// The store's connection manager, shared by its clones until [`Store::close`] drops it.
+#[derive(Clone)]
+struct Connection(Arc<RwLock<Option<ConnectionManager>>>);
+
+impl Connection {
+    /// The connection, lent to one operation; [`Error::Unavailable`] once the store is
+    /// closed. `close` waits until every lease is returned.
+    async fn lease(&self) -> Result<Lease, Error> {
+        let turn = Arc::clone(&self.0).read_owned().await;
+        let conn = turn
+            .clone()
+            .ok_or_else(|| Error::unavailable(BACKEND, "the store was closed"))?;
+        Ok(Lease { conn, _turn: turn })
+    }
+
+    /// Waits for the leases out, then drops the store's handle on the connection (the last
+    /// handle's drop ends the connection's task, which closes its socket).
+    async fn close(&self) {
+        let conn = self.0.write().await.take();
+        drop(conn);
+        // Let the connection's task see its end before the caller goes on.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A connection lent to one operation.
+struct Lease {
+    conn: ConnectionManager,
+    _turn: OwnedRwLockReadGuard<Option<ConnectionManager>>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = ConnectionManager;
+    fn deref(&self) -> &ConnectionManager {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.conn
+    }
+}
+
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -566,6 +612,14 @@ impl fmt::Debug for RedisStore {
 impl Store for RedisStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// Waits for the operations under way, then drops the store's connection manager (a
+    /// manager passed to [`RedisStore::from_connection`] too). A clone the caller took with
+    /// [`RedisStore::connection`] keeps the connection open until it is dropped.
+    async fn close(&self) -> Result<(), Error> {
+        self.conn.close().await;
+        Ok(())
     }
 
     async fn get_dek(
@@ -671,7 +725,7 @@ impl Store for RedisStore {
     ) -> Result<Vec<TenantId>, Error> {
         let lo = after.map_or_else(|| b"-".to_vec(), |t| bound(false, t.as_str().as_bytes()));
         let count = u64::try_from(limit).unwrap_or(u64::MAX).min(1 << 62);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.lease().await?;
         let names: Vec<Vec<u8>> = redis::cmd("ZRANGEBYLEX")
             .arg(&self.layout.tenants_index)
             .arg(lo)
@@ -679,7 +733,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(count)
-            .query_async(&mut conn)
+            .query_async(&mut *conn)
             .await
             .map_err(map_err)?;
         names

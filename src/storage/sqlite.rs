@@ -398,10 +398,11 @@ fn map_err(e: sqlx::Error) -> Error {
     }
     let busy = match &e {
         sqlx::Error::Database(db) => {
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6) and SQLITE_CANTOPEN (14), with their
+            // extended codes.
             db.code()
                 .and_then(|c| c.parse::<i32>().ok())
-                .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 14))
         }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
@@ -413,6 +414,25 @@ fn map_err(e: sqlx::Error) -> Error {
         Error::unavailable(BACKEND, e)
     } else {
         Error::storage(BACKEND, e)
+    }
+}
+
+/// Copies the write-ahead log into the database file and empties it, waiting (up to the
+/// busy timeout) for readers of older snapshots, in this process or another, to finish.
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), Error> {
+    // (busy, frames in the log, frames checkpointed); busy is 1 when a reader or writer
+    // elsewhere kept the checkpoint from finishing. A database in memory has no log.
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if busy == 0 {
+        Ok(())
+    } else {
+        Err(Error::unavailable(
+            BACKEND,
+            "another connection to the database kept its write-ahead log from being checkpointed",
+        ))
     }
 }
 
@@ -598,6 +618,35 @@ type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 impl Store for SqliteStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// Waits for the scans and writes under way, checkpoints the write-ahead log into the
+    /// database file (`wal_checkpoint(TRUNCATE)`: the log is left empty), then closes every
+    /// connection: the pool's (a pool passed to [`SqliteStore::from_pool`] too, with every
+    /// other handle to it) and the scans' own. When no other process has the file open,
+    /// SQLite then removes the `-wal` and `-shm` files.
+    async fn close(&self) -> Result<(), Error> {
+        if let Some(bulk) = &self.bulk {
+            bulk.close().await;
+        }
+        // The store's own writes queued before this one finish first; those after it find
+        // the pool closed. A turn that does not come within the busy timeout does not stop
+        // the closing: the pool waits for the connections in use anyway.
+        let turn = self.writes.enter().await;
+        let settled = if let Ok(mut conn) = self.pool.acquire().await {
+            // The pool refuses new work from here on; it closes once `conn` is back.
+            let closing = self.pool.close();
+            let settled = checkpoint(&mut conn).await;
+            drop(conn);
+            closing.await;
+            settled
+        } else {
+            // Closed already (or a pool that cannot give a connection: nothing to settle).
+            self.pool.close().await;
+            Ok(())
+        };
+        drop(turn);
+        settled
     }
 
     async fn get_dek(

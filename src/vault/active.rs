@@ -124,6 +124,12 @@ impl ActiveKeys {
     pub(crate) fn remove_tenant(&self, tenant: &TenantId) {
         self.lock().remove(tenant);
     }
+
+    /// Forgets every entry.
+    pub(crate) fn clear(&self) {
+        let old = std::mem::take(&mut *self.lock());
+        drop(old);
+    }
 }
 
 impl Inner {

@@ -305,7 +305,7 @@ impl Vault {
                 None => heap.clone_from(&r.envelope),
             }
             (len, RowInfo::of(m), ids_match)
-        });
+        })?;
         // Not `ok_or`: that would build and drop an `Error` on every read.
         let Some((len, row, ids_match)) = read else {
             return Err(Error::NotFound);

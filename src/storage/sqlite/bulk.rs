@@ -57,7 +57,10 @@ struct Shared {
     path: PathBuf,
     busy_timeout: Duration,
     /// One permit per page being read: as many as the store's pool has connections.
+    /// Closed by [`BulkReader::close`].
     reading: Arc<Semaphore>,
+    /// How many permits `reading` was given.
+    readers: u32,
     idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
@@ -65,11 +68,12 @@ impl BulkReader {
     /// A reader of the database file at `path` (absolute), reading at most `readers` pages
     /// at once.
     pub(super) fn new(path: PathBuf, busy_timeout: Duration, readers: u32) -> Self {
-        let readers = usize::try_from(readers).unwrap_or(1).max(1);
+        let readers = readers.max(1);
         Self(Arc::new(Shared {
             path,
             busy_timeout,
-            reading: Arc::new(Semaphore::new(readers)),
+            reading: Arc::new(Semaphore::new(usize::try_from(readers).unwrap_or(1))),
+            readers,
             idle: Mutex::new(Vec::new()),
         }))
     }
@@ -125,6 +129,27 @@ impl BulkReader {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // The runtime is shutting down.
             Err(cancelled) => Err(Error::unavailable(BACKEND, cancelled)),
+        }
+    }
+
+    /// Waits for the pages being read, then closes every connection this reader holds;
+    /// pages asked for afterwards fail with [`Error::Unavailable`]. Calling it again does
+    /// nothing.
+    pub(super) async fn close(&self) {
+        // The semaphore is fair: the pages already waiting are read first.
+        if let Ok(all) = self.0.reading.acquire_many(self.0.readers).await {
+            self.0.reading.close();
+            drop(all);
+        }
+        let idle = std::mem::take(&mut *self.0.idle());
+        if !idle.is_empty() {
+            // Closing a connection touches the file (the last one to close checkpoints).
+            let closed = tokio::task::spawn_blocking(move || drop(idle)).await;
+            if let Err(e) = closed
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
     }
 }
