@@ -12,6 +12,7 @@
 #![allow(unreachable_pub, reason = "shared with tests/quickstart_file.rs")]
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use credvault::{
@@ -48,11 +49,15 @@ pub const PLAINTEXTS: [&str; 6] = [
     TENANTS[1].1[2],
 ];
 
-/// Runs the demo against the vault file at `path`; returns the files SQLite wrote.
+/// Files read from disk, with their contents.
+pub type Files = Vec<(PathBuf, Vec<u8>)>;
+
+/// Runs the demo against the vault file at `path`, closes the vault, and searches the files
+/// left on disk for the plaintexts; returns those files with their contents.
 ///
 /// # Errors
-/// Any vault error.
-pub async fn run(path: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+/// Any vault error; a file that cannot be read; a plaintext found.
+pub async fn run(path: &Path) -> Result<Files, Box<dyn std::error::Error>> {
     let store = SqliteStore::open(path).await?;
     let vault = Vault::builder(store, MasterKeyRing::new(LocalMasterKey::generate()?)).build()?;
 
@@ -98,31 +103,49 @@ pub async fn run(path: &Path) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>
         println!("reading an OAuth token as an API key: {err}");
     }
 
-    drop(vault);
-    let mut files = vec![path.to_path_buf()];
-    for suffix in ["-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let p = PathBuf::from(p);
-        if p.exists() {
-            files.push(p);
-        }
-    }
-    let mut found = 0;
-    for file in &files {
-        let bytes = std::fs::read(file)?;
-        found += PLAINTEXTS
-            .iter()
-            .filter(|s| contains(&bytes, s.as_bytes()))
-            .count();
-    }
+    // Close deliberately: the connections are closed and SQLite's write-ahead log is
+    // checkpointed into the database file before this returns, so the files are settled.
+    vault.close().await?;
+
+    let files = scan(path)?;
+    let found: usize = files
+        .iter()
+        .map(|(_, bytes)| {
+            PLAINTEXTS
+                .iter()
+                .filter(|s| contains(bytes, s.as_bytes()))
+                .count()
+        })
+        .sum();
     println!(
-        "searched {} file(s) for the {} plaintexts: {found} found",
+        "searched {} ({} file(s)) for the {} plaintexts: {found} found",
+        path.display(),
         files.len(),
         PLAINTEXTS.len()
     );
     if found > 0 {
-        return Err("plaintext found in the vault file".into());
+        return Err("a plaintext was found in the vault's files".into());
+    }
+    Ok(files)
+}
+
+/// The contents of the vault file and of whichever of SQLite's `-wal` and `-shm` files
+/// exist beside it. A file that vanishes before it is read (SQLite removes them when the
+/// last connection closes) is left out.
+///
+/// # Errors
+/// A file that exists but cannot be read, in a sentence naming it.
+pub fn scan(path: &Path) -> Result<Files, Box<dyn std::error::Error>> {
+    let mut files = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::read(&file) {
+            Ok(bytes) => files.push((file, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("could not read {}: {e}", file.display()).into()),
+        }
     }
     Ok(files)
 }
@@ -133,15 +156,57 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     let path = std::env::args_os()
         .nth(1)
         .map_or_else(|| PathBuf::from("quickstart-vault.db"), PathBuf::from);
-    if path.exists() {
-        std::fs::remove_file(&path)?;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&e),
+    };
+    match runtime.block_on(fresh_run(&path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&*e),
     }
-    run(&path).await?;
-    println!("vault file: {}", path.display());
-    Ok(())
+}
+
+/// The demo on a new vault file at `path` (an earlier run's files are removed first).
+async fn fresh_run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(
+                    format!("could not remove {} of an earlier run: {e}", file.display()).into(),
+                );
+            }
+        }
+    }
+    run(path).await.map(drop)
+}
+
+/// Tells the person what went wrong: the error and its causes, each a sentence, and a hint
+/// where one helps; never a `Debug` dump.
+fn report(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("error: {error}");
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        eprintln!("  caused by: {e}");
+        cause = e.source();
+    }
+    let store_unavailable = error
+        .downcast_ref::<credvault::Error>()
+        .is_some_and(|e| e.kind() == credvault::ErrorKind::Unavailable);
+    if store_unavailable {
+        eprintln!(
+            "hint: the demo writes its vault file in the current directory, or at the path \
+             given as its first argument (cargo run --example quickstart -- /tmp/demo.db); \
+             check that the directory exists and that you can write to it"
+        );
+    }
+    ExitCode::FAILURE
 }
