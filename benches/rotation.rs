@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use credvault::storage::{PutMode, SecretRecord, SqliteOptions, Store};
 use credvault::{
-    ApiKey, DekVersion, JobOptions, LocalMasterKey, MasterKeyRing, SecretName, SqliteStore,
-    TenantId, Vault,
+    ApiKey, DekVersion, JobOptions, LocalMasterKey, MasterKeyRing, RowVersion, SecretName,
+    SqliteStore, TenantId, Vault,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tokio::runtime::Runtime;
@@ -188,12 +188,16 @@ impl Pass {
     fn write(self, scanned: &SecretRecord) -> (SecretRecord, PutMode) {
         let mut r = scanned.clone();
         let v = r.metadata.row_version;
+        // A version of the row's own for the `Away` state (the store keeps the version a
+        // write carries), and the scanned one again for `Back`.
+        let away = RowVersion(v.0 % RowVersion::MAX.0 + 1);
         match self {
             Self::Away => {
                 r.metadata.dek_version = r.metadata.dek_version.next().expect("version");
+                r.metadata.row_version = away;
                 (r, PutMode::Update(v))
             }
-            Self::Back => (r, PutMode::Update(v.next().expect("row version"))),
+            Self::Back => (r, PutMode::Update(away)),
         }
     }
 }

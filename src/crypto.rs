@@ -227,6 +227,11 @@ pub(crate) fn random_nonce(out: &mut [u8]) {
     rand::rng().fill_bytes(out);
 }
 
+/// A fresh row version for a write: 63 bits from the thread-local CSPRNG.
+pub(crate) fn fresh_row_version() -> crate::ids::RowVersion {
+    crate::ids::RowVersion::from_random_bits(rand::rng().next_u64())
+}
+
 /// Fills `out` directly from the operating system's generator (for keys, not nonces).
 pub(crate) fn os_random(out: &mut [u8]) -> Result<(), Error> {
     use rand::TryRng;

@@ -188,19 +188,27 @@ impl fmt::Display for DekVersion {
     }
 }
 
-/// The version of a stored row, assigned by the store: 1 on create, +1 on every update.
-/// Conditional writes ([`crate::storage::PutMode::Update`]) compare against it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The version of a stored row: an opaque token naming one state of the row, which
+/// conditional writes ([`crate::storage::PutMode::Update`]) compare against.
+///
+/// The vault draws a fresh version for every write it makes (create, update, upsert) at
+/// random from 2^63 values, and the store keeps the one it is given. Versions therefore
+/// never restart: a secret or key row that is deleted and created again does not take up
+/// an old version, so a conditional write that expects a version read before the delete
+/// fails with [`Error::Conflict`] (the chance that a write draws a version its record
+/// already had is 2^-63 per earlier version). Versions carry no order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RowVersion(pub u64);
 
 impl RowVersion {
-    /// The version of a freshly created row.
-    pub const INITIAL: Self = Self(1);
+    /// Largest version a store must keep: versions fit a signed 64-bit SQL integer.
+    pub const MAX: Self = Self(i64::MAX.unsigned_abs());
 
-    /// The version an update of this row produces, or `None` on overflow.
+    /// The version formed from 64 random bits: the low 63, or 1 where those are all zero.
     #[must_use]
-    pub fn next(self) -> Option<Self> {
-        self.0.checked_add(1).map(Self)
+    pub const fn from_random_bits(bits: u64) -> Self {
+        let v = bits & Self::MAX.0;
+        Self(if v == 0 { 1 } else { v })
     }
 }
 

@@ -163,7 +163,7 @@ pub struct DekRecord {
     pub created_at: Timestamp,
     /// When the record last changed.
     pub updated_at: Timestamp,
-    /// The row version, assigned by the store.
+    /// The row version: the token of the write that stored this state of the record.
     pub row_version: RowVersion,
 }
 
@@ -183,7 +183,7 @@ pub struct SecretMetadata {
     pub created_at: Timestamp,
     /// When it was last written.
     pub updated_at: Timestamp,
-    /// The row version, assigned by the store.
+    /// The row version: the token of the write that stored this state of the record.
     pub row_version: RowVersion,
 }
 
@@ -213,8 +213,8 @@ pub enum PutMode {
     /// Write only if the stored record has this row version; otherwise (including when no
     /// record exists) [`Error::Conflict`].
     Update(RowVersion),
-    /// Create, or replace whatever is stored, atomically (the row version still goes up
-    /// by one, so concurrent conditional writers notice).
+    /// Create, or replace whatever is stored, atomically (the row version still changes,
+    /// so concurrent conditional writers notice).
     Upsert,
 }
 
@@ -226,9 +226,11 @@ pub enum PutMode {
 ///   [`Error::AlreadyExists`] if the record exists; with [`PutMode::Update`] it fails with
 ///   [`Error::Conflict`] unless the stored row version equals the expected one. The check
 ///   and the write are one atomic step, also against other processes sharing the backend.
-/// - **Row versions.** A created record has [`RowVersion::INITIAL`]; every successful
-///   update or upsert stores and returns the previous version plus one. The `row_version`
-///   field of a record passed in is ignored.
+/// - **Row versions.** Every successful write stores and returns the `row_version` of the
+///   record passed in, which the caller draws afresh for each write (the vault draws 63
+///   random bits; see [`RowVersion`]), so that a record deleted and created again never
+///   takes up a version it had before. The store compares versions for equality only and
+///   keeps every value from 1 to [`RowVersion::MAX`].
 /// - **Creation time is kept.** An update or upsert of an existing record keeps its stored
 ///   `created_at`.
 /// - **Faithful storage.** Reads return exactly the bytes and values written; identifiers

@@ -20,8 +20,9 @@ pub use jobs::{DeletionReceipt, JobFailure, JobOptions, Progress, ReencryptRepor
 pub use lifecycle::DekStatus;
 
 use crate::error::Error;
+use crate::ids::RowVersion;
 use crate::keys::{DekCache, MasterKeyRing};
-use crate::storage::{MemoryStore, Store};
+use crate::storage::{DekRecord, MemoryStore, PutMode, SecretRecord, Store};
 use active::ActiveKeys;
 use builder::Config;
 
@@ -124,6 +125,51 @@ impl Vault {
 }
 
 impl Inner {
+    /// Writes a data-key record under a fresh row version (the one path for the vault's
+    /// key writes: a write that kept the version it read would let a concurrent writer's
+    /// expectation pass).
+    pub(crate) async fn put_dek(
+        &self,
+        mut record: DekRecord,
+        mode: PutMode,
+    ) -> Result<RowVersion, Error> {
+        record.row_version = crate::crypto::fresh_row_version();
+        self.store.put_dek(record, mode).await
+    }
+
+    /// [`Self::put_dek`] for a batch.
+    pub(crate) async fn put_deks(
+        &self,
+        mut batch: Vec<(DekRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        for (record, _) in &mut batch {
+            record.row_version = crate::crypto::fresh_row_version();
+        }
+        self.store.put_deks(batch).await
+    }
+
+    /// Writes a secret record under a fresh row version (the one path for the vault's
+    /// secret writes through the [`Store`] trait).
+    pub(crate) async fn put_secret(
+        &self,
+        mut record: SecretRecord,
+        mode: PutMode,
+    ) -> Result<RowVersion, Error> {
+        record.metadata.row_version = crate::crypto::fresh_row_version();
+        self.store.put_secret(record, mode).await
+    }
+
+    /// [`Self::put_secret`] for a batch.
+    pub(crate) async fn put_secrets(
+        &self,
+        mut batch: Vec<(SecretRecord, PutMode)>,
+    ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        for (record, _) in &mut batch {
+            record.metadata.row_version = crate::crypto::fresh_row_version();
+        }
+        self.store.put_secrets(batch).await
+    }
+
     /// The current master key ring.
     pub(crate) fn ring(&self) -> Arc<MasterKeyRing> {
         Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))

@@ -145,7 +145,7 @@ impl Fixture {
             encryptions_reserved: 0,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
-            row_version: RowVersion::INITIAL,
+            row_version: RowVersion(1),
         }
     }
 }
@@ -159,7 +159,7 @@ fn secret_row(tenant: &TenantId, name: &SecretName, ex: &Example) -> SecretRecor
             dek_version: ex.version,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
-            row_version: RowVersion::INITIAL,
+            row_version: RowVersion(1),
         },
         envelope: ex.envelope.clone(),
     }

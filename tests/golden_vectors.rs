@@ -210,7 +210,7 @@ async fn replay(v: &VectorFile) -> (String, Option<Vec<u8>>) {
                 encryptions_reserved: 0,
                 created_at: credvault::storage::Timestamp::from_millis(0),
                 updated_at: credvault::storage::Timestamp::from_millis(0),
-                row_version: RowVersion::INITIAL,
+                row_version: RowVersion(1),
             },
             PutMode::Create,
         )
@@ -231,7 +231,7 @@ async fn replay(v: &VectorFile) -> (String, Option<Vec<u8>>) {
                     dek_version: row_version,
                     created_at: credvault::storage::Timestamp::from_millis(0),
                     updated_at: credvault::storage::Timestamp::from_millis(0),
-                    row_version: RowVersion::INITIAL,
+                    row_version: RowVersion(1),
                 },
                 envelope,
             },

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use credvault::storage::conformance::{dek_record, secret_record, unique_tenant};
 use credvault::storage::{DekRecord, DekState, PutMode, SecretRecord, SqliteOptions, Store};
-use credvault::{DekVersion, ErrorKind, SecretName, SqliteStore, TenantId};
+use credvault::{DekVersion, ErrorKind, RowVersion, SecretName, SqliteStore, TenantId};
 
 /// A store on a new file; the directory lives as long as the returned guard.
 async fn on_file() -> (tempfile::TempDir, SqliteStore) {
@@ -47,20 +47,22 @@ fn secret_name(s: &str) -> SecretName {
     SecretName::new(s).unwrap()
 }
 
-/// Three tenants (one with two data keys, one of them destroyed), and secrets under each.
+/// Three tenants (one with two data keys, one of them destroyed), and secrets under each,
+/// every record under row version 1 (the same in every store filled).
 async fn fill(store: &SqliteStore, tenants: &[TenantId]) {
     for (i, t) in (0u8..).zip(tenants) {
-        store
-            .put_dek(dek_record(t, 1, 1), PutMode::Create)
-            .await
-            .unwrap();
+        let mut first = dek_record(t, 1, 1);
+        first.row_version = RowVersion(1);
+        store.put_dek(first, PutMode::Create).await.unwrap();
         if i == 1 {
             let mut destroyed = dek_record(t, 2, 2);
             destroyed.state = DekState::Destroyed;
+            destroyed.row_version = RowVersion(1);
             store.put_dek(destroyed, PutMode::Create).await.unwrap();
         }
         for s in 0..(3 + i) {
             let mut record = secret_record(t, &secret_name(&format!("s{s}")), vec![s; 40]);
+            record.metadata.row_version = RowVersion(1);
             if s % 2 == 1 {
                 record.metadata.dek_version = DekVersion::new(2).unwrap();
             }

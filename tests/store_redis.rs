@@ -274,20 +274,30 @@ async fn records_edited_in_redis_fail_to_open() {
             "no plaintext in errors"
         );
     }
-    // A row version edited to something that is not a number: a write over it is refused
-    // before anything is stored (the envelope stays what it was).
-    let before = envelope(&mut conn, "flip").await;
+    // A row version edited to something that is not a number: the row reads as malformed,
+    // a conditional write over it fails, and a put replaces the row whole.
     hset(key("alpha", "flip"), "r", b"abc".to_vec()).await;
     let err = vault
-        .put(&a, &common::name("flip"), &ApiKey::new("secret-new"))
+        .get::<ApiKey>(&a, &common::name("flip"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
-    assert_eq!(
-        envelope(&mut conn, "flip").await,
-        before,
-        "nothing was written"
-    );
+    let err = vault
+        .update(
+            &a,
+            &common::name("flip"),
+            &ApiKey::new("secret-new"),
+            credvault::RowVersion(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    vault
+        .put(&a, &common::name("flip"), &ApiKey::new("secret-new"))
+        .await
+        .unwrap();
+    let read: ApiKey = vault.get(&a, &common::name("flip")).await.unwrap();
+    assert_eq!(read.expose_secret(), "secret-new");
 }
 
 /// After `SCRIPT FLUSH` (what a restart does), single calls and pipelined batches load the
@@ -312,86 +322,96 @@ async fn scripts_flushed_from_the_server_are_loaded_again() {
     let (a, b) = (SecretName::new("a").unwrap(), SecretName::new("b").unwrap());
     let record = |n: &SecretName, fill: u8| conformance::secret_record(&t, n, vec![fill; 8]);
     flush().await;
-    let v = store.put_secret(record(&a, 1), PutMode::Upsert).await;
-    assert_eq!(v.unwrap().0, 1);
+    let first = record(&a, 1);
+    let v = store.put_secret(first.clone(), PutMode::Upsert).await;
+    assert_eq!(v.unwrap(), first.metadata.row_version);
     flush().await;
-    let v = store.put_secret(record(&a, 2), PutMode::Upsert).await;
-    assert_eq!(v.unwrap().0, 2, "written once");
+    let second = record(&a, 2);
+    let v = store
+        .put_secret(second.clone(), PutMode::Update(first.metadata.row_version))
+        .await;
+    assert_eq!(v.unwrap(), second.metadata.row_version, "written once");
     flush().await;
     let got = store.get_secret(&t, &a).await.unwrap().unwrap();
-    assert_eq!((got.envelope, got.metadata.row_version.0), (vec![2; 8], 2));
+    assert_eq!(
+        (got.envelope, got.metadata.row_version),
+        (vec![2; 8], second.metadata.row_version)
+    );
     flush().await;
     let batch = vec![
         (record(&a, 3), PutMode::Upsert),
         (record(&b, 4), PutMode::Create),
     ];
-    let versions: Vec<u64> = store
+    let carried: Vec<_> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
+    let versions: Vec<_> = store
         .put_secrets(batch)
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.unwrap().0)
+        .map(Result::unwrap)
         .collect();
-    assert_eq!(versions, vec![3, 1]);
+    assert_eq!(versions, carried);
     flush().await;
     assert!(store.delete_secret(&t, &b, None).await.unwrap());
 }
 
-/// The row version a write stores is the stored one plus one, written as plain decimal
-/// (no exponent, whatever its size); one that Lua cannot count exactly (2^53 or more) or
-/// that is not decimal is refused before anything is written.
+/// Row versions are kept as the plain decimal a write carries and compared as such, whatever
+/// their size (a Lua number is exact only below 2^53, so the scripts never count with
+/// them): versions near and past 2^53, and the largest, round trip exactly and satisfy an
+/// update that expects them; a version one away does not.
 #[tokio::test]
-async fn row_versions_are_counted_exactly_or_refused() {
+async fn row_versions_are_kept_and_compared_exactly() {
     let Some(url) = servers::url("CREDVAULT_TEST_REDIS_URL") else {
         return;
     };
     let prefix = format!("cvtest:{}", servers::unique_suffix());
     let store = servers::redis_under(&url, &prefix).await;
-    let tenant = conformance::unique_tenant("count");
+    let tenant = conformance::unique_tenant("exact");
     let name = SecretName::new("n").unwrap();
     let key = format!("{{{prefix}}}:s:{tenant}:n");
     let mut conn = raw(&url).await;
-    let record = |fill: u8| conformance::secret_record(&tenant, &name, vec![fill; 8]);
-    store.put_secret(record(0), PutMode::Create).await.unwrap();
-    let cases: [(&str, Option<u64>); 7] = [
-        ("99999999999999", Some(100_000_000_000_000)),
-        ("9007199254740991", Some(9_007_199_254_740_992)),
-        ("0007", Some(8)),
-        ("9007199254740992", None),
-        ("18446744073709551616", None),
-        ("-1", None),
-        ("1e3", None),
+    let record = |fill: u8, v: u64| {
+        let mut r = conformance::secret_record(&tenant, &name, vec![fill; 8]);
+        r.metadata.row_version = credvault::RowVersion(v);
+        r
+    };
+    let versions = [
+        9_007_199_254_740_991,
+        9_007_199_254_740_992,
+        9_007_199_254_740_993,
+        i64::MAX as u64 - 1,
+        i64::MAX as u64,
     ];
-    for (fill, (stored, expected)) in (1..).zip(cases) {
-        let _: i64 = redis::cmd("HSET")
-            .arg(&key)
-            .arg("r")
-            .arg(stored)
-            .query_async(&mut conn)
+    let mut current = store
+        .put_secret(record(0, 1), PutMode::Create)
+        .await
+        .unwrap();
+    for (fill, v) in (1..).zip(versions) {
+        let near = credvault::RowVersion(current.0 ^ 1);
+        assert_eq!(
+            store
+                .put_secret(record(fill, v), PutMode::Update(near))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict,
+            "{v}: a version one bit away does not match"
+        );
+        current = store
+            .put_secret(record(fill, v), PutMode::Update(current))
             .await
             .unwrap();
-        let result = store.put_secret(record(fill), PutMode::Upsert).await;
+        assert_eq!(current.0, v);
         let row: String = redis::cmd("HGET")
             .arg(&key)
             .arg("r")
             .query_async(&mut conn)
             .await
             .unwrap();
-        let envelope: Vec<u8> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("e")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if let Some(v) = expected {
-            assert_eq!(result.unwrap().0, v, "{stored}");
-            assert_eq!(row, v.to_string(), "{stored}");
-            assert_eq!(envelope, vec![fill; 8], "{stored}");
-        } else {
-            assert_eq!(result.unwrap_err().kind(), ErrorKind::Malformed, "{stored}");
-            assert_eq!(row, stored, "{stored}: nothing written");
-            assert_ne!(envelope, vec![fill; 8], "{stored}: nothing written");
-        }
+        assert_eq!(row, v.to_string(), "stored as plain decimal");
+        let read = store.get_secret(&tenant, &name).await.unwrap().unwrap();
+        assert_eq!(read.metadata.row_version.0, v);
+        assert_eq!(read.envelope, vec![fill; 8]);
     }
 }
 

@@ -244,7 +244,7 @@ pub(super) fn open_fixture() -> &'static (Arc<MemoryStore>, Vault) {
                     encryptions_reserved: 0,
                     created_at: Timestamp::from_millis(0),
                     updated_at: Timestamp::from_millis(0),
-                    row_version: RowVersion::INITIAL,
+                    row_version: RowVersion(1),
                 };
                 store
                     .put_dek(record, PutMode::Create)

@@ -121,7 +121,7 @@ pub fn envelope_open(data: &[u8]) -> Outcome {
             dek_version: version,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
-            row_version: RowVersion::INITIAL,
+            row_version: RowVersion(1),
         },
         envelope: data.to_vec(),
     };

@@ -46,7 +46,7 @@ fn name(s: &str) -> SecretName {
     SecretName::new(s).unwrap()
 }
 
-/// A data-key record with recognisable contents.
+/// A data-key record with recognisable contents, under a fresh row version.
 #[must_use]
 pub fn dek_record(tenant: &TenantId, version: u32, fill: u8) -> DekRecord {
     DekRecord {
@@ -58,11 +58,12 @@ pub fn dek_record(tenant: &TenantId, version: u32, fill: u8) -> DekRecord {
         encryptions_reserved: u64::from(fill),
         created_at: Timestamp::from_millis(1_700_000_000_000 + i64::from(fill)),
         updated_at: Timestamp::from_millis(1_700_000_000_000 + i64::from(fill)),
-        row_version: RowVersion(999),
+        row_version: crate::crypto::fresh_row_version(),
     }
 }
 
-/// A secret record with the given envelope bytes (a store never looks inside).
+/// A secret record with the given envelope bytes (a store never looks inside), under a
+/// fresh row version.
 #[must_use]
 pub fn secret_record(tenant: &TenantId, secret: &SecretName, envelope: Vec<u8>) -> SecretRecord {
     SecretRecord {
@@ -73,7 +74,7 @@ pub fn secret_record(tenant: &TenantId, secret: &SecretName, envelope: Vec<u8>) 
             dek_version: DekVersion::FIRST,
             created_at: Timestamp::from_millis(1_700_000_000_000),
             updated_at: Timestamp::from_millis(1_700_000_000_000),
-            row_version: RowVersion(999),
+            row_version: crate::crypto::fresh_row_version(),
         },
         envelope,
     }
@@ -88,12 +89,11 @@ fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
 
 pub async fn dek_create_is_create_only(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-create");
+    let first = dek_record(&t, 1, 1);
     assert_eq!(
-        store
-            .put_dek(dek_record(&t, 1, 1), PutMode::Create)
-            .await
-            .unwrap(),
-        RowVersion::INITIAL
+        store.put_dek(first.clone(), PutMode::Create).await.unwrap(),
+        first.row_version,
+        "a write stores and returns the row version its record carries"
     );
     assert_eq!(
         kind(store.put_dek(dek_record(&t, 1, 2), PutMode::Create).await),
@@ -105,23 +105,22 @@ pub async fn dek_create_is_create_only(store: Arc<dyn Store>) {
         &[1; 78][..],
         "a refused create must not overwrite"
     );
-    assert_eq!(stored.row_version, RowVersion::INITIAL);
+    assert_eq!(stored.row_version, first.row_version);
 }
 
 pub async fn dek_update_requires_the_stored_row_version(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-update");
+    let first = dek_record(&t, 1, 1);
     assert_eq!(
         kind(
             store
-                .put_dek(dek_record(&t, 1, 1), PutMode::Update(RowVersion::INITIAL))
+                .put_dek(first.clone(), PutMode::Update(first.row_version))
                 .await
         ),
-        ErrorKind::Conflict
+        ErrorKind::Conflict,
+        "an update of nothing fails"
     );
-    store
-        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
-        .await
-        .unwrap();
+    let v1 = store.put_dek(first, PutMode::Create).await.unwrap();
     assert_eq!(
         kind(
             store
@@ -134,18 +133,16 @@ pub async fn dek_update_requires_the_stored_row_version(store: Arc<dyn Store>) {
     changed.state = DekState::DecryptOnly;
     changed.encryptions_reserved = u64::from(u32::MAX) + 5;
     changed.created_at = Timestamp::from_millis(5);
+    let v2 = changed.row_version;
     assert_eq!(
-        store
-            .put_dek(changed, PutMode::Update(RowVersion::INITIAL))
-            .await
-            .unwrap(),
-        RowVersion(2)
+        store.put_dek(changed, PutMode::Update(v1)).await.unwrap(),
+        v2
     );
     let stored = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
     assert_eq!(stored.state, DekState::DecryptOnly);
     assert_eq!(stored.encryptions_reserved, u64::from(u32::MAX) + 5);
     assert_eq!(stored.wrapped.as_bytes(), &[3; 78][..]);
-    assert_eq!(stored.row_version, RowVersion(2));
+    assert_eq!(stored.row_version, v2);
     assert_eq!(
         stored.created_at,
         dek_record(&t, 1, 1).created_at,
@@ -154,28 +151,28 @@ pub async fn dek_update_requires_the_stored_row_version(store: Arc<dyn Store>) {
     assert_eq!(
         kind(
             store
-                .put_dek(dek_record(&t, 1, 4), PutMode::Update(RowVersion::INITIAL))
+                .put_dek(dek_record(&t, 1, 4), PutMode::Update(v1))
                 .await
         ),
-        ErrorKind::Conflict
+        ErrorKind::Conflict,
+        "the version before the update is stale"
     );
 }
 
-pub async fn dek_upsert_creates_then_increments(store: Arc<dyn Store>) {
+pub async fn dek_upsert_creates_then_replaces(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-upsert");
+    let first = dek_record(&t, 2, 1);
     assert_eq!(
-        store
-            .put_dek(dek_record(&t, 2, 1), PutMode::Upsert)
-            .await
-            .unwrap(),
-        RowVersion::INITIAL
+        store.put_dek(first.clone(), PutMode::Upsert).await.unwrap(),
+        first.row_version
     );
+    let second = dek_record(&t, 2, 2);
     assert_eq!(
         store
-            .put_dek(dek_record(&t, 2, 2), PutMode::Upsert)
+            .put_dek(second.clone(), PutMode::Upsert)
             .await
             .unwrap(),
-        RowVersion(2)
+        second.row_version
     );
     let stored = store
         .get_dek(&t, DekVersion::new(2).unwrap())
@@ -183,6 +180,7 @@ pub async fn dek_upsert_creates_then_increments(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(stored.wrapped.as_bytes(), &[2; 78][..]);
+    assert_eq!(stored.row_version, second.row_version);
     assert_eq!(stored.created_at, dek_record(&t, 2, 1).created_at);
 }
 
@@ -198,12 +196,12 @@ pub async fn dek_records_round_trip_exactly(store: Arc<dyn Store>) {
     record.encryptions_reserved = i64::MAX as u64;
     record.created_at = Timestamp::from_millis(-1);
     record.updated_at = Timestamp::from_millis(i64::MAX);
+    record.row_version = RowVersion::MAX;
     store
         .put_dek(record.clone(), PutMode::Create)
         .await
         .unwrap();
     let stored = store.get_dek(&t, record.version).await.unwrap().unwrap();
-    record.row_version = RowVersion::INITIAL;
     assert_eq!(stored, record);
     assert!(
         store
@@ -252,18 +250,17 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
             store
                 .put_secret(
                     secret_record(&t, &n, vec![0]),
-                    PutMode::Update(RowVersion::INITIAL)
+                    PutMode::Update(RowVersion(1))
                 )
                 .await
         ),
         ErrorKind::Conflict
     );
+    let created = secret_record(&t, &n, vec![1]);
+    let v1 = created.metadata.row_version;
     assert_eq!(
-        store
-            .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
-            .await
-            .unwrap(),
-        RowVersion::INITIAL
+        store.put_secret(created, PutMode::Create).await.unwrap(),
+        v1
     );
     assert_eq!(
         kind(
@@ -289,35 +286,39 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
     update.metadata.dek_version = DekVersion::new(2).unwrap();
     update.metadata.created_at = Timestamp::from_millis(1);
     update.metadata.updated_at = Timestamp::from_millis(1_800_000_000_000);
+    let v2 = update.metadata.row_version;
     assert_eq!(
-        store
-            .put_secret(update, PutMode::Update(RowVersion::INITIAL))
-            .await
-            .unwrap(),
-        RowVersion(2)
+        store.put_secret(update, PutMode::Update(v1)).await.unwrap(),
+        v2
     );
-    assert_eq!(
-        store
-            .put_secret(secret_record(&t, &n, vec![5]), PutMode::Upsert)
-            .await
-            .unwrap(),
-        RowVersion(3)
-    );
+    let upsert = secret_record(&t, &n, vec![5]);
+    let v3 = upsert.metadata.row_version;
+    assert_eq!(store.put_secret(upsert, PutMode::Upsert).await.unwrap(), v3);
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
     assert_eq!(stored.envelope, [5]);
-    assert_eq!(stored.metadata.row_version, RowVersion(3));
+    assert_eq!(stored.metadata.row_version, v3);
     assert_eq!(
         stored.metadata.created_at,
         Timestamp::from_millis(1_700_000_000_000),
         "created_at is kept"
     );
-    let fresh = name("fresh");
+    for stale in [v1, v2] {
+        assert_eq!(
+            kind(
+                store
+                    .put_secret(secret_record(&t, &n, vec![6]), PutMode::Update(stale))
+                    .await
+            ),
+            ErrorKind::Conflict
+        );
+    }
+    let fresh = secret_record(&t, &name("fresh"), vec![6]);
     assert_eq!(
         store
-            .put_secret(secret_record(&t, &fresh, vec![6]), PutMode::Upsert)
+            .put_secret(fresh.clone(), PutMode::Upsert)
             .await
             .unwrap(),
-        RowVersion::INITIAL
+        fresh.metadata.row_version
     );
 }
 
@@ -331,12 +332,12 @@ pub async fn secret_records_round_trip_exactly(store: Arc<dyn Store>) {
     record.metadata.kind = SecretKind::OAuthToken;
     record.metadata.dek_version = DekVersion::new(u32::MAX).unwrap();
     record.metadata.updated_at = Timestamp::from_millis(-5);
+    record.metadata.row_version = RowVersion::MAX;
     store
         .put_secret(record.clone(), PutMode::Create)
         .await
         .unwrap();
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
-    record.metadata.row_version = RowVersion::INITIAL;
     assert_eq!(stored, record);
     assert!(
         store
@@ -347,17 +348,115 @@ pub async fn secret_records_round_trip_exactly(store: Arc<dyn Store>) {
     );
 }
 
+pub async fn row_versions_outside_the_stored_range_are_refused(store: Arc<dyn Store>) {
+    let t = unique_tenant("version-range");
+    for bad in [
+        RowVersion(0),
+        RowVersion(RowVersion::MAX.0 + 1),
+        RowVersion(u64::MAX),
+    ] {
+        let mut secret = secret_record(&t, &name("s"), vec![1]);
+        secret.metadata.row_version = bad;
+        assert_eq!(
+            kind(store.put_secret(secret, PutMode::Upsert).await),
+            ErrorKind::InvalidInput,
+            "{bad:?}"
+        );
+        let mut dek = dek_record(&t, 1, 1);
+        dek.row_version = bad;
+        assert_eq!(
+            kind(store.put_dek(dek, PutMode::Upsert).await),
+            ErrorKind::InvalidInput,
+            "{bad:?}"
+        );
+    }
+    assert!(store.get_secret(&t, &name("s")).await.unwrap().is_none());
+    assert!(store.list_deks(&t).await.unwrap().is_empty());
+}
+
+/// A record deleted and created again takes a new row version: every conditional write or
+/// delete that expects a version read before the delete fails.
+pub async fn a_recreated_record_refuses_every_stale_expectation(store: Arc<dyn Store>) {
+    let t = unique_tenant("recreate");
+    let n = name("k");
+    let old = secret_record(&t, &n, vec![1]);
+    let stale = store.put_secret(old, PutMode::Create).await.unwrap();
+    assert!(store.delete_secret(&t, &n, Some(stale)).await.unwrap());
+    let new = secret_record(&t, &n, vec![2]);
+    let current = store.put_secret(new, PutMode::Create).await.unwrap();
+    assert_ne!(current, stale);
+    assert_eq!(
+        kind(
+            store
+                .put_secret(secret_record(&t, &n, vec![3]), PutMode::Update(stale))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        kind(store.delete_secret(&t, &n, Some(stale)).await),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        store.get_secret(&t, &n).await.unwrap().unwrap().envelope,
+        [2]
+    );
+
+    let v = DekVersion::FIRST;
+    let stale = store
+        .put_dek(dek_record(&t, 1, 1), PutMode::Create)
+        .await
+        .unwrap();
+    assert!(store.delete_dek(&t, v, Some(stale)).await.unwrap());
+    store
+        .put_dek(dek_record(&t, 1, 2), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(
+            store
+                .put_dek(dek_record(&t, 1, 3), PutMode::Update(stale))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        kind(
+            store
+                .put_deks(vec![(dek_record(&t, 1, 3), PutMode::Update(stale))])
+                .await
+                .unwrap()
+                .remove(0)
+        ),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        kind(store.delete_dek(&t, v, Some(stale)).await),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        store
+            .get_dek(&t, v)
+            .await
+            .unwrap()
+            .unwrap()
+            .wrapped
+            .as_bytes(),
+        &[2; 78][..]
+    );
+}
+
 pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
     let t = unique_tenant("delete");
     let n = name("k");
     assert!(!store.delete_secret(&t, &n, None).await.unwrap());
     assert!(
         !store
-            .delete_secret(&t, &n, Some(RowVersion::INITIAL))
+            .delete_secret(&t, &n, Some(RowVersion(1)))
             .await
             .unwrap()
     );
-    store
+    let v = store
         .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
         .await
         .unwrap();
@@ -369,12 +468,7 @@ pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
         store.get_secret(&t, &n).await.unwrap().is_some(),
         "a refused delete deletes nothing"
     );
-    assert!(
-        store
-            .delete_secret(&t, &n, Some(RowVersion::INITIAL))
-            .await
-            .unwrap()
-    );
+    assert!(store.delete_secret(&t, &n, Some(v)).await.unwrap());
     assert!(store.get_secret(&t, &n).await.unwrap().is_none());
     store
         .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
@@ -518,7 +612,7 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
     const INCREMENTS: u64 = 20;
     let t = unique_tenant("cas");
     let n = name("counter");
-    store
+    let first = store
         .put_secret(
             secret_record(&t, &n, 0u64.to_be_bytes().to_vec()),
             PutMode::Create,
@@ -529,7 +623,7 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
     for _ in 0..WRITERS {
         let (store, t, n) = (Arc::clone(&store), t.clone(), n.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conflicts = 0u64;
+            let mut written = Vec::new();
             for _ in 0..INCREMENTS {
                 loop {
                     let current = store.get_secret(&t, &n).await.unwrap().unwrap();
@@ -539,17 +633,21 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
                         .put_secret(next, PutMode::Update(current.metadata.row_version))
                         .await
                     {
-                        Ok(_) => break,
-                        Err(e) if e.kind() == ErrorKind::Conflict => conflicts += 1,
+                        Ok(v) => {
+                            written.push(v);
+                            break;
+                        }
+                        Err(e) if e.kind() == ErrorKind::Conflict => {}
                         Err(e) => panic!("unexpected error: {e}"),
                     }
                 }
             }
-            conflicts
+            written
         }));
     }
+    let mut versions = BTreeSet::from([first.0]);
     for task in tasks {
-        task.await.unwrap();
+        versions.extend(task.await.unwrap().into_iter().map(|v| v.0));
     }
     let last = store.get_secret(&t, &n).await.unwrap().unwrap();
     assert_eq!(
@@ -557,9 +655,11 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
         WRITERS * INCREMENTS
     );
     assert_eq!(
-        last.metadata.row_version,
-        RowVersion(1 + WRITERS * INCREMENTS)
+        versions.len() as u64,
+        1 + WRITERS * INCREMENTS,
+        "every write stored a version of its own"
     );
+    assert!(versions.contains(&last.metadata.row_version.0));
 }
 
 /// 16 tasks race to create the same tenant's first data key; exactly one wins.
@@ -600,7 +700,7 @@ pub async fn racing_deletes_of_one_record_all_succeed_once(store: Arc<dyn Store>
             .put_secret(secret_record(&t, &n, vec![round]), PutMode::Create)
             .await
             .unwrap();
-        store
+        let dek_version = store
             .put_dek(dek_record(&t, u32::from(round) + 1, round), PutMode::Create)
             .await
             .unwrap();
@@ -608,10 +708,15 @@ pub async fn racing_deletes_of_one_record_all_succeed_once(store: Arc<dyn Store>
         for i in 0..8 {
             let (store, t, n) = (Arc::clone(&store), t.clone(), n.clone());
             let expected = (i % 2 == 0).then_some(version);
+            let dek_expected = (i % 2 == 0).then_some(dek_version);
             tasks.push(tokio::spawn(async move {
                 let secret = store.delete_secret(&t, &n, expected).await.unwrap();
                 let dek = store
-                    .delete_dek(&t, DekVersion::new(u32::from(round) + 1).unwrap(), expected)
+                    .delete_dek(
+                        &t,
+                        DekVersion::new(u32::from(round) + 1).unwrap(),
+                        dek_expected,
+                    )
                     .await
                     .unwrap();
                 (secret, dek)
@@ -631,7 +736,7 @@ pub async fn delete_dek_honours_the_expected_version(store: Arc<dyn Store>) {
     let t = unique_tenant("dek-delete");
     let v1 = DekVersion::FIRST;
     assert!(!store.delete_dek(&t, v1, None).await.unwrap());
-    store
+    let stored = store
         .put_dek(dek_record(&t, 1, 1), PutMode::Create)
         .await
         .unwrap();
@@ -647,12 +752,7 @@ pub async fn delete_dek_honours_the_expected_version(store: Arc<dyn Store>) {
         store.get_dek(&t, v1).await.unwrap().is_some(),
         "a refused delete deletes nothing"
     );
-    assert!(
-        store
-            .delete_dek(&t, v1, Some(RowVersion::INITIAL))
-            .await
-            .unwrap()
-    );
+    assert!(store.delete_dek(&t, v1, Some(stored)).await.unwrap());
     assert!(store.get_dek(&t, v1).await.unwrap().is_none());
     assert_eq!(
         store.list_deks(&t).await.unwrap().len(),
@@ -707,7 +807,7 @@ pub async fn listing_secrets_not_under_a_version_returns_whole_records(store: Ar
 
 pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store>) {
     let t = unique_tenant("batch");
-    store
+    let a1 = store
         .put_secret(secret_record(&t, &name("a"), vec![1]), PutMode::Create)
         .await
         .unwrap();
@@ -715,25 +815,27 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
         .put_secret(secret_record(&t, &name("b"), vec![1]), PutMode::Create)
         .await
         .unwrap();
+    let (a2, c1) = (
+        secret_record(&t, &name("a"), vec![2]),
+        secret_record(&t, &name("c"), vec![2]),
+    );
+    let (a2_version, c1_version) = (a2.metadata.row_version, c1.metadata.row_version);
     let results = store
         .put_secrets(vec![
-            (
-                secret_record(&t, &name("a"), vec![2]),
-                PutMode::Update(RowVersion::INITIAL),
-            ),
+            (a2, PutMode::Update(a1)),
             (
                 secret_record(&t, &name("b"), vec![2]),
                 PutMode::Update(RowVersion(9)),
             ),
-            (secret_record(&t, &name("c"), vec![2]), PutMode::Create),
+            (c1, PutMode::Create),
             (secret_record(&t, &name("a"), vec![3]), PutMode::Create),
         ])
         .await
         .unwrap();
     assert_eq!(results.len(), 4);
-    assert_eq!(results[0].as_ref().unwrap(), &RowVersion(2));
+    assert_eq!(results[0].as_ref().unwrap(), &a2_version);
     assert_eq!(results[1].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
-    assert_eq!(results[2].as_ref().unwrap(), &RowVersion::INITIAL);
+    assert_eq!(results[2].as_ref().unwrap(), &c1_version);
     assert_eq!(
         results[3].as_ref().unwrap_err().kind(),
         ErrorKind::AlreadyExists
@@ -756,14 +858,14 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
             .envelope,
         [1]
     );
-    store
+    let k1 = store
         .put_dek(dek_record(&t, 1, 1), PutMode::Create)
         .await
         .unwrap();
     let results = store
         .put_deks(vec![
-            (dek_record(&t, 1, 2), PutMode::Update(RowVersion::INITIAL)),
-            (dek_record(&t, 1, 3), PutMode::Update(RowVersion::INITIAL)),
+            (dek_record(&t, 1, 2), PutMode::Update(k1)),
+            (dek_record(&t, 1, 3), PutMode::Update(k1)),
             (dek_record(&t, 2, 4), PutMode::Create),
         ])
         .await
@@ -787,7 +889,7 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
 /// Batches of hundreds of conditional updates of distinct rows (as rotation sweeps write):
 /// all of them holding, some of them stale or naming a missing row, and mixed with
 /// creates and upserts. Every condition is checked on its own row, every winner gets the
-/// next row version and its new columns, every loser is a conflict that changed nothing,
+/// row version its record carries and its new columns, every loser is a conflict that changed nothing,
 /// and no write touches the creation time.
 pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>) {
     large_secret_batch(store.as_ref(), "all-hold", false, false, false).await;
@@ -799,32 +901,25 @@ pub async fn large_batches_apply_each_condition_separately(store: Arc<dyn Store>
     large_dek_batch(store.as_ref(), "dek-one-missing", false, true).await;
 }
 
-/// Creates `names` under `t` in one batch, then moves every fifth one version ahead.
-async fn seed_rows(store: &dyn Store, t: &TenantId, names: &[SecretName]) {
-    let created = store
-        .put_secrets(
-            names
-                .iter()
-                .map(|n| (secret_record(t, n, vec![1]), PutMode::Create))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    assert!(
-        created
-            .iter()
-            .all(|r| r.as_ref().ok() == Some(&RowVersion::INITIAL))
-    );
+/// Creates `names` under `t` in one batch, then moves every fifth one version ahead;
+/// returns each row's current version.
+async fn seed_rows(store: &dyn Store, t: &TenantId, names: &[SecretName]) -> Vec<RowVersion> {
+    let batch: Vec<_> = names
+        .iter()
+        .map(|n| (secret_record(t, n, vec![1]), PutMode::Create))
+        .collect();
+    let carried: Vec<RowVersion> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
+    let created = store.put_secrets(batch).await.unwrap();
+    let mut current: Vec<RowVersion> = created.into_iter().map(Result::unwrap).collect();
+    assert_eq!(current, carried);
     // Every fifth row is one version ahead.
-    for n in names.iter().step_by(5) {
-        store
-            .put_secret(
-                secret_record(t, n, vec![1]),
-                PutMode::Update(RowVersion::INITIAL),
-            )
+    for (n, v) in names.iter().zip(&mut current).step_by(5) {
+        *v = store
+            .put_secret(secret_record(t, n, vec![1]), PutMode::Update(*v))
             .await
             .unwrap();
     }
+    current
 }
 
 /// One batch of 300 updates, every seventh stale when `stale`, then an update of a missing
@@ -839,9 +934,9 @@ async fn large_secret_batch(
     const N: usize = 300;
     let t = unique_tenant(label);
     let names: Vec<SecretName> = (0..N).map(|i| name(&format!("s{i:03}"))).collect();
-    seed_rows(store, &t, &names).await;
+    let seeded = seed_rows(store, &t, &names).await;
     let is_stale = |i: usize| stale && i % 7 == 3;
-    let current = |i: usize| RowVersion(if i.is_multiple_of(5) { 2 } else { 1 });
+    let current = |i: usize| seeded[i];
     let later = Timestamp::from_millis(1_800_000_000_000);
     let moved = |n: &SecretName, i: usize| {
         let mut r = secret_record(&t, n, vec![2, (i % 251) as u8]);
@@ -865,7 +960,7 @@ async fn large_secret_batch(
     if missing {
         batch.push((
             secret_record(&t, &name("missing"), vec![3]),
-            PutMode::Update(RowVersion::INITIAL),
+            PutMode::Update(RowVersion(1)),
         ));
     }
     if mixed {
@@ -879,6 +974,7 @@ async fn large_secret_batch(
         ));
     }
     let len = batch.len();
+    let carried: Vec<RowVersion> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
     let results = store.put_secrets(batch).await.unwrap();
     assert_eq!(results.len(), len);
     for (i, n) in names.iter().enumerate() {
@@ -893,7 +989,7 @@ async fn large_secret_batch(
             assert_eq!(stored.metadata.row_version, current(i));
             assert_eq!(stored.metadata.dek_version, DekVersion::FIRST);
         } else {
-            let next = current(i).next().unwrap();
+            let next = carried[i];
             assert_eq!(results[i].as_ref().unwrap(), &next, "{label} row {i}");
             assert_eq!(stored.envelope, [2, (i % 251) as u8], "{label} row {i}");
             assert_eq!(stored.metadata.row_version, next);
@@ -917,8 +1013,8 @@ async fn large_secret_batch(
         );
     }
     if mixed {
-        assert_eq!(results[len - 2].as_ref().unwrap(), &RowVersion::INITIAL);
-        assert_eq!(results[len - 1].as_ref().unwrap(), &RowVersion::INITIAL);
+        assert_eq!(results[len - 2].as_ref().unwrap(), &carried[len - 2]);
+        assert_eq!(results[len - 1].as_ref().unwrap(), &carried[len - 1]);
     }
 }
 
@@ -928,15 +1024,18 @@ async fn large_dek_batch(store: &dyn Store, label: &str, stale: bool, missing: b
     const K: u32 = 150;
     let t = unique_tenant(label);
     let later = Timestamp::from_millis(1_800_000_000_000);
-    let created = store
+    let created: Vec<RowVersion> = store
         .put_deks(
             (1..=K)
                 .map(|v| (dek_record(&t, v, 1), PutMode::Create))
                 .collect(),
         )
         .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok));
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let created_version = |v: u32| created[(v - 1) as usize];
     let is_stale = |v: u32| stale && v % 4 == 1;
     let mut batch: Vec<(DekRecord, PutMode)> = (1..=K)
         .map(|v| {
@@ -946,17 +1045,15 @@ async fn large_dek_batch(store: &dyn Store, label: &str, stale: bool, missing: b
             let expected = if is_stale(v) {
                 RowVersion(2)
             } else {
-                RowVersion::INITIAL
+                created_version(v)
             };
             (r, PutMode::Update(expected))
         })
         .collect();
     if missing {
-        batch.push((
-            dek_record(&t, K + 1, 7),
-            PutMode::Update(RowVersion::INITIAL),
-        ));
+        batch.push((dek_record(&t, K + 1, 7), PutMode::Update(RowVersion(1))));
     }
+    let carried: Vec<RowVersion> = batch.iter().map(|(r, _)| r.row_version).collect();
     let results = store.put_deks(batch).await.unwrap();
     for v in 1..=K {
         let i = (v - 1) as usize;
@@ -974,17 +1071,17 @@ async fn large_dek_batch(store: &dyn Store, label: &str, stale: bool, missing: b
             assert_eq!(
                 stored,
                 DekRecord {
-                    row_version: RowVersion::INITIAL,
+                    row_version: created_version(v),
                     ..dek_record(&t, v, 1)
                 }
             );
         } else {
-            assert_eq!(results[i].as_ref().unwrap(), &RowVersion(2), "key {v}");
+            assert_eq!(results[i].as_ref().unwrap(), &carried[i], "key {v}");
             let mut want = dek_record(&t, v, 7);
             want.state = DekState::DecryptOnly;
             want.updated_at = later;
             want.created_at = dek_record(&t, v, 1).created_at;
-            want.row_version = RowVersion(2);
+            want.row_version = carried[i];
             assert_eq!(stored, want, "key {v}");
         }
     }
@@ -1500,11 +1597,13 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@tests $make;
             dek_create_is_create_only,
             dek_update_requires_the_stored_row_version,
-            dek_upsert_creates_then_increments,
+            dek_upsert_creates_then_replaces,
             dek_records_round_trip_exactly,
             list_deks_is_ascending_and_per_tenant,
             secret_modes_follow_the_contract,
             secret_records_round_trip_exactly,
+            row_versions_outside_the_stored_range_are_refused,
+            a_recreated_record_refuses_every_stale_expectation,
             delete_honours_the_expected_version,
             adversarial_ids_never_collide,
             paging_has_no_gaps_or_duplicates,

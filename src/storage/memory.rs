@@ -84,6 +84,8 @@ pub(crate) struct SecretWrite<'a> {
     /// `created_at` of a new row; an existing row keeps its own.
     pub(crate) created_at: Timestamp,
     pub(crate) updated_at: Timestamp,
+    /// The version to store (see [`RowVersion`]).
+    pub(crate) row_version: RowVersion,
     pub(crate) envelope: Vec<u8>,
 }
 
@@ -140,6 +142,7 @@ impl MemoryStore {
             dek_version,
             created_at,
             updated_at,
+            row_version,
             envelope,
         } = row;
         let mut inner = self.write()?;
@@ -148,8 +151,13 @@ impl MemoryStore {
             .get_mut(tenant.as_str())
             .and_then(|t| t.rows.get_mut(name.as_str()))
         {
-            let row_version =
-                check_mode(Some(&*existing), mode, |r| r.metadata.row_version, "secret")?;
+            let row_version = check_mode(
+                Some(&*existing),
+                mode,
+                |r| r.metadata.row_version,
+                row_version,
+                "secret",
+            )?;
             let m = &mut existing.metadata;
             m.kind = kind;
             m.dek_version = dek_version;
@@ -165,6 +173,7 @@ impl MemoryStore {
             None,
             mode,
             |r: &SecretRecord| r.metadata.row_version,
+            row_version,
             "secret",
         )?;
         let record = SecretRecord {
@@ -196,22 +205,26 @@ impl MemoryStore {
     }
 }
 
-/// Applies `mode` to `slot`, returning the row version and `created_at` to store.
+/// Applies `mode` to `existing`: `Ok(new)`, the version to store, when the write may
+/// proceed.
 fn check_mode<T>(
     existing: Option<&T>,
     mode: PutMode,
     version_of: impl Fn(&T) -> RowVersion,
+    new: RowVersion,
     what: &'static str,
 ) -> Result<RowVersion, Error> {
-    let overflow = || Error::Conflict { what };
+    if new.0 == 0 || new.0 > RowVersion::MAX.0 {
+        return Err(Error::invalid(
+            "row version",
+            "exceeds the range of a stored integer",
+        ));
+    }
     match (mode, existing) {
-        (PutMode::Create | PutMode::Upsert, None) => Ok(RowVersion::INITIAL),
+        (PutMode::Create | PutMode::Upsert, None) | (PutMode::Upsert, Some(_)) => Ok(new),
         (PutMode::Create, Some(_)) => Err(Error::AlreadyExists { what }),
-        (PutMode::Update(expected), Some(old)) if version_of(old) == expected => {
-            expected.next().ok_or_else(overflow)
-        }
+        (PutMode::Update(expected), Some(old)) if version_of(old) == expected => Ok(new),
         (PutMode::Update(_), _) => Err(Error::Conflict { what }),
-        (PutMode::Upsert, Some(old)) => version_of(old).next().ok_or_else(overflow),
     }
 }
 
@@ -258,7 +271,13 @@ impl Store for MemoryStore {
         let mut inner = self.write()?;
         let versions = inner.deks.entry(record.tenant.clone()).or_default();
         let existing = versions.get(&record.version);
-        let row_version = check_mode(existing, mode, |r| r.row_version, "data key")?;
+        let row_version = check_mode(
+            existing,
+            mode,
+            |r| r.row_version,
+            record.row_version,
+            "data key",
+        )?;
         if let Some(old) = existing {
             record.created_at = old.created_at;
         }
@@ -285,6 +304,7 @@ impl Store for MemoryStore {
                 dek_version: metadata.dek_version,
                 created_at: metadata.created_at,
                 updated_at: metadata.updated_at,
+                row_version: metadata.row_version,
                 envelope,
             },
             mode,

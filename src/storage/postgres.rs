@@ -357,6 +357,7 @@ async fn write_dek(
                 .bind(row.encryptions_reserved)
                 .bind(row.created_at)
                 .bind(row.updated_at)
+                .bind(row.row_version)
         }
         PutMode::Update(expected) => sqlx::query(sql.update_dek.clone())
             .bind(row.tenant)
@@ -367,7 +368,8 @@ async fn write_dek(
             .bind(row.wrapped)
             .bind(row.encryptions_reserved)
             .bind(row.updated_at)
-            .bind(to_sql_u64(expected.0, "row version")?),
+            .bind(to_sql_u64(expected.0, "row version")?)
+            .bind(row.row_version),
     };
     let written: Option<i64> = query
         .fetch_optional(&mut *conn)
@@ -402,6 +404,7 @@ async fn write_secret(
                 .bind(record.envelope)
                 .bind(row.created_at)
                 .bind(row.updated_at)
+                .bind(row.row_version)
         }
         PutMode::Update(expected) => sqlx::query(sql.update_secret.clone())
             .bind(row.tenant)
@@ -410,7 +413,8 @@ async fn write_secret(
             .bind(row.dek_version)
             .bind(record.envelope)
             .bind(row.updated_at)
-            .bind(to_sql_u64(expected.0, "row version")?),
+            .bind(to_sql_u64(expected.0, "row version")?)
+            .bind(row.row_version),
     };
     let written: Option<i64> = query
         .fetch_optional(&mut *conn)

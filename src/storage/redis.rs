@@ -24,7 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_u64};
+use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_row_version, to_sql_u64};
 use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
@@ -320,7 +320,8 @@ impl RedisStore {
             .arg(m.dek_version.get())
             .arg(&record.envelope)
             .arg(m.created_at.as_millis())
-            .arg(m.updated_at.as_millis());
+            .arg(m.updated_at.as_millis())
+            .arg(to_sql_row_version(m.row_version)?);
         Ok(cmd)
     }
 
@@ -343,7 +344,8 @@ impl RedisStore {
                 "encryptions reserved",
             )?)
             .arg(record.created_at.as_millis())
-            .arg(record.updated_at.as_millis());
+            .arg(record.updated_at.as_millis())
+            .arg(to_sql_row_version(record.row_version)?);
         Ok(cmd)
     }
 
@@ -499,14 +501,16 @@ fn page_reply(reply: Value) -> Result<Page, Error> {
 }
 
 /// The outcome of a conditional write script.
-fn write_outcome(reply: &Value, what: &'static str) -> Result<RowVersion, Error> {
+/// What a write script's reply says of a write that stores row version `written`.
+fn write_outcome(
+    reply: &Value,
+    written: RowVersion,
+    what: &'static str,
+) -> Result<RowVersion, Error> {
     match reply {
-        Value::Int(n) if *n > 0 => u64::try_from(*n)
-            .map(RowVersion)
-            .map_err(|_| malformed("row version")),
+        Value::Int(1) => Ok(written),
         Value::Int(-1) => Err(Error::AlreadyExists { what }),
         Value::Int(-2) => Err(Error::Conflict { what }),
-        Value::Int(-3) => Err(malformed("row version")),
         _ => Err(Error::storage(BACKEND, "unexpected script reply")),
     }
 }
@@ -647,7 +651,7 @@ impl Store for RedisStore {
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let cmd = self.put_dek_cmd(&record, mode)?;
         let reply = self.eval(&self.scripts.put_dek, &cmd).await?;
-        write_outcome(&reply, "data key")
+        write_outcome(&reply, record.row_version, "data key")
     }
 
     async fn get_secret(
@@ -676,7 +680,7 @@ impl Store for RedisStore {
     async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let cmd = self.put_secret_cmd(&record, mode)?;
         let reply = self.eval(&self.scripts.put_secret, &cmd).await?;
-        write_outcome(&reply, "secret")
+        write_outcome(&reply, record.metadata.row_version, "secret")
     }
 
     async fn delete_secret(
@@ -819,7 +823,10 @@ impl Store for RedisStore {
         let replies = self.eval_many(calls).await?;
         replies
             .iter()
-            .map(|r| keep_conditional(write_outcome(r, "secret")))
+            .zip(&batch)
+            .map(|(r, (record, _))| {
+                keep_conditional(write_outcome(r, record.metadata.row_version, "secret"))
+            })
             .collect()
     }
 
@@ -834,7 +841,10 @@ impl Store for RedisStore {
         let replies = self.eval_many(calls).await?;
         replies
             .iter()
-            .map(|r| keep_conditional(write_outcome(r, "data key")))
+            .zip(&batch)
+            .map(|(r, (record, _))| {
+                keep_conditional(write_outcome(r, record.row_version, "data key"))
+            })
             .collect()
     }
 }

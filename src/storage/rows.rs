@@ -35,6 +35,17 @@ pub(crate) fn to_sql_u64(value: u64, field: &'static str) -> Result<i64, Error> 
     i64::try_from(value).map_err(|_| Error::invalid(field, "exceeds the range of a stored integer"))
 }
 
+/// The row version a write stores, as a SQL integer: 1 to [`RowVersion::MAX`].
+pub(crate) fn to_sql_row_version(v: RowVersion) -> Result<i64, Error> {
+    match to_sql_u64(v.0, "row version")? {
+        0 => Err(Error::invalid(
+            "row version",
+            "exceeds the range of a stored integer",
+        )),
+        n => Ok(n),
+    }
+}
+
 /// The columns of a data-key row. `Debug` leaves out the wrapped key bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct DekRow {
@@ -122,7 +133,7 @@ impl DekRow {
             encryptions_reserved: to_sql_u64(r.encryptions_reserved, "encryptions reserved")?,
             created_at: r.created_at.as_millis(),
             updated_at: r.updated_at.as_millis(),
-            row_version: to_sql_u64(r.row_version.0, "row version")?,
+            row_version: to_sql_row_version(r.row_version)?,
         })
     }
 }
@@ -183,7 +194,7 @@ impl MetaRow {
             dek_version: i64::from(m.dek_version.get()),
             created_at: m.created_at.as_millis(),
             updated_at: m.updated_at.as_millis(),
-            row_version: to_sql_u64(m.row_version.0, "row version")?,
+            row_version: to_sql_row_version(m.row_version)?,
         })
     }
 }

@@ -25,11 +25,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
 
 mod batch;
 mod bulk;
@@ -455,6 +455,7 @@ async fn write_dek(
     mode: PutMode,
 ) -> Result<RowVersion, Error> {
     let row = DekRow::from_record(record)?;
+    let stored = record.row_version;
     let what = "data key";
     let bind_all = |q: Query<'static>, row: DekRow| {
         q.bind(row.tenant)
@@ -466,68 +467,63 @@ async fn write_dek(
             .bind(row.encryptions_reserved)
             .bind(row.created_at)
             .bind(row.updated_at)
+            .bind(row.row_version)
     };
-    match mode {
+    let written = match mode {
         PutMode::Create => {
             let q = sqlx::query(
                 "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, version) DO NOTHING",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, version) DO NOTHING",
             );
             let done = bind_all(q, row)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            if done.rows_affected() == 1 {
-                Ok(RowVersion::INITIAL)
-            } else {
-                Err(Error::AlreadyExists { what })
+            if done.rows_affected() != 1 {
+                return Err(Error::AlreadyExists { what });
             }
+            true
         }
-        PutMode::Update(expected) => {
-            let next = expected.next().ok_or(Error::Conflict { what })?;
-            let done = sqlx::query(
-                "UPDATE credvault_deks SET state = ?, suite = ?, master_key_id = ?, wrapped = ?, encryptions_reserved = ?,
-                 updated_at = ?, row_version = row_version + 1
-                 WHERE tenant = ? AND version = ? AND row_version = ?",
-            )
-            .bind(row.state)
-            .bind(row.suite)
-            .bind(row.master_key_id)
-            .bind(row.wrapped)
-            .bind(row.encryptions_reserved)
-            .bind(row.updated_at)
-            .bind(row.tenant)
-            .bind(row.version)
-            .bind(to_sql_u64(expected.0, "row version")?)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            if done.rows_affected() == 1 {
-                Ok(next)
-            } else {
-                Err(Error::Conflict { what })
-            }
-        }
+        PutMode::Update(expected) => sqlx::query(
+            "UPDATE credvault_deks SET state = ?, suite = ?, master_key_id = ?, wrapped = ?, encryptions_reserved = ?,
+             updated_at = ?, row_version = ?
+             WHERE tenant = ? AND version = ? AND row_version = ?",
+        )
+        .bind(row.state)
+        .bind(row.suite)
+        .bind(row.master_key_id)
+        .bind(row.wrapped)
+        .bind(row.encryptions_reserved)
+        .bind(row.updated_at)
+        .bind(row.row_version)
+        .bind(row.tenant)
+        .bind(row.version)
+        .bind(to_sql_u64(expected.0, "row version")?)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1,
         PutMode::Upsert => {
             let q = sqlx::query(
                 "INSERT INTO credvault_deks (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (tenant, version) DO UPDATE SET state = excluded.state, suite = excluded.suite,
                    master_key_id = excluded.master_key_id, wrapped = excluded.wrapped,
                    encryptions_reserved = excluded.encryptions_reserved, updated_at = excluded.updated_at,
-                   row_version = credvault_deks.row_version + 1
-                 RETURNING row_version",
+                   row_version = excluded.row_version",
             );
-            let v: i64 = bind_all(q, row)
-                .fetch_one(&mut *conn)
+            bind_all(q, row)
+                .execute(&mut *conn)
                 .await
-                .map_err(map_err)?
-                .try_get(0)
                 .map_err(map_err)?;
-            u64::try_from(v)
-                .map(RowVersion)
-                .map_err(|_| Error::Conflict { what })
+            true
         }
+    };
+    if written {
+        Ok(stored)
+    } else {
+        Err(Error::Conflict { what })
     }
 }
 
@@ -538,13 +534,14 @@ async fn write_secret(
     mode: PutMode,
 ) -> Result<RowVersion, Error> {
     let row = MetaRow::from_metadata(&record.metadata)?;
+    let stored = record.metadata.row_version;
     let envelope = record.envelope;
     let what = "secret";
-    match mode {
+    let written = match mode {
         PutMode::Create => {
             let done = sqlx::query(
                 "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant, name) DO NOTHING",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, name) DO NOTHING",
             )
             .bind(row.tenant)
             .bind(row.name)
@@ -553,45 +550,39 @@ async fn write_secret(
             .bind(envelope)
             .bind(row.created_at)
             .bind(row.updated_at)
+            .bind(row.row_version)
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-            if done.rows_affected() == 1 {
-                Ok(RowVersion::INITIAL)
-            } else {
-                Err(Error::AlreadyExists { what })
+            if done.rows_affected() != 1 {
+                return Err(Error::AlreadyExists { what });
             }
+            true
         }
-        PutMode::Update(expected) => {
-            let next = expected.next().ok_or(Error::Conflict { what })?;
-            let done = sqlx::query(
-                "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = row_version + 1
-                 WHERE tenant = ? AND name = ? AND row_version = ?",
-            )
-            .bind(row.kind)
-            .bind(row.dek_version)
-            .bind(envelope)
-            .bind(row.updated_at)
-            .bind(row.tenant)
-            .bind(row.name)
-            .bind(to_sql_u64(expected.0, "row version")?)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            if done.rows_affected() == 1 {
-                Ok(next)
-            } else {
-                Err(Error::Conflict { what })
-            }
-        }
+        PutMode::Update(expected) => sqlx::query(
+            "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = ?
+             WHERE tenant = ? AND name = ? AND row_version = ?",
+        )
+        .bind(row.kind)
+        .bind(row.dek_version)
+        .bind(envelope)
+        .bind(row.updated_at)
+        .bind(row.row_version)
+        .bind(row.tenant)
+        .bind(row.name)
+        .bind(to_sql_u64(expected.0, "row version")?)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?
+        .rows_affected()
+            == 1,
         PutMode::Upsert => {
-            let v: i64 = sqlx::query(
+            sqlx::query(
                 "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
                    envelope = excluded.envelope, updated_at = excluded.updated_at,
-                   row_version = credvault_secrets.row_version + 1
-                 RETURNING row_version",
+                   row_version = excluded.row_version",
             )
             .bind(row.tenant)
             .bind(row.name)
@@ -600,15 +591,17 @@ async fn write_secret(
             .bind(envelope)
             .bind(row.created_at)
             .bind(row.updated_at)
-            .fetch_one(&mut *conn)
+            .bind(row.row_version)
+            .execute(&mut *conn)
             .await
-            .map_err(map_err)?
-            .try_get(0)
             .map_err(map_err)?;
-            u64::try_from(v)
-                .map(RowVersion)
-                .map_err(|_| Error::Conflict { what })
+            true
         }
+    };
+    if written {
+        Ok(stored)
+    } else {
+        Err(Error::Conflict { what })
     }
 }
 

@@ -229,7 +229,8 @@ impl Inner {
             encryptions_reserved: 0,
             created_at: now,
             updated_at: now,
-            row_version: RowVersion::INITIAL,
+            // Drawn by `Inner::put_dek`.
+            row_version: RowVersion(0),
         })
     }
 
@@ -322,7 +323,7 @@ impl Inner {
             let mut updated = record;
             updated.encryptions_reserved = used + grant;
             updated.updated_at = Timestamp::now();
-            match self.store.put_dek(updated, PutMode::Update(expected)).await {
+            match self.put_dek(updated, PutMode::Update(expected)).await {
                 Ok(_) => {
                     // One of the granted counts is this caller's.
                     active.remaining.fetch_add(grant - 1, Ordering::AcqRel);
@@ -346,7 +347,7 @@ impl Inner {
             .next()
             .ok_or(Error::Config("data key versions exhausted"))?;
         let record = self.mint_dek(tenant, next).await?;
-        match self.store.put_dek(record, PutMode::Create).await {
+        match self.put_dek(record, PutMode::Create).await {
             Ok(_) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -359,7 +360,7 @@ impl Inner {
         let mut demoted = old;
         demoted.state = DekState::DecryptOnly;
         demoted.updated_at = Timestamp::now();
-        match self.store.put_dek(demoted, PutMode::Update(expected)).await {
+        match self.put_dek(demoted, PutMode::Update(expected)).await {
             Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
             Err(e) => Err(e),
         }

@@ -310,7 +310,7 @@ impl Inner {
                 let mut updated = record;
                 change(&mut updated);
                 updated.updated_at = Timestamp::now();
-                match self.store.put_dek(updated, PutMode::Update(expected)).await {
+                match self.put_dek(updated, PutMode::Update(expected)).await {
                     Ok(_) => changed.push(version),
                     Err(Error::Conflict { .. }) => conflicted = true,
                     Err(e) => return Err(e),

@@ -99,7 +99,7 @@ impl Vault {
             None => DekVersion::FIRST,
         };
         let record = inner.mint_dek(tenant, version).await?;
-        match inner.store.put_dek(record, PutMode::Create).await {
+        match inner.put_dek(record, PutMode::Create).await {
             Ok(_) => {
                 tracing::info!(tenant = %tenant, dek_version = version.get(), "tenant created");
                 Ok(TenantCreation::Created)
@@ -209,6 +209,7 @@ impl Vault {
                     dek_version,
                     created_at: now,
                     updated_at: now,
+                    row_version: crate::crypto::fresh_row_version(),
                     envelope: sealed,
                 },
                 mode,
@@ -222,11 +223,12 @@ impl Vault {
                     dek_version,
                     created_at: now,
                     updated_at: now,
-                    row_version: RowVersion::INITIAL,
+                    // Drawn by `put_secret`.
+                    row_version: RowVersion(0),
                 },
                 envelope: sealed,
             };
-            inner.store.put_secret(record, mode).await?
+            inner.put_secret(record, mode).await?
         };
         tracing::debug!(tenant = %tenant, name = %name, dek_version = dek_version.get(), "secret stored");
         Ok(row_version)
@@ -433,7 +435,6 @@ impl Vault {
         };
         record.metadata.dek_version = active.version;
         match inner
-            .store
             .put_secret(record, PutMode::Update(metadata.row_version))
             .await
         {

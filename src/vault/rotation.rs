@@ -181,7 +181,7 @@ impl Vault {
             .next()
             .ok_or(Error::Config("data key versions exhausted"))?;
         let record = self.inner.mint_dek(tenant, next).await?;
-        match self.inner.store.put_dek(record, PutMode::Create).await {
+        match self.inner.put_dek(record, PutMode::Create).await {
             Ok(_) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -381,7 +381,7 @@ impl Inner {
             .iter()
             .map(|(r, _)| (r.tenant.clone(), r.version))
             .collect();
-        let results = self.store.put_deks(writes).await?;
+        let results = self.put_deks(writes).await?;
         for ((tenant, version), result) in keys.into_iter().zip(results) {
             match result {
                 Ok(_) => report.rewrapped += 1,
@@ -417,7 +417,7 @@ impl Inner {
                     return Ok(());
                 }
             };
-            match self.store.put_dek(new, PutMode::Update(expected)).await {
+            match self.put_dek(new, PutMode::Update(expected)).await {
                 Ok(_) => {
                     report.rewrapped += 1;
                     return Ok(());
@@ -455,7 +455,7 @@ impl Inner {
                 let mut demoted = record;
                 demoted.state = DekState::DecryptOnly;
                 demoted.updated_at = Timestamp::now();
-                match self.store.put_dek(demoted, PutMode::Update(expected)).await {
+                match self.put_dek(demoted, PutMode::Update(expected)).await {
                     Ok(_) => {}
                     Err(Error::Conflict { .. }) => conflicted = true,
                     Err(e) => return Err(e),
@@ -510,7 +510,7 @@ impl Inner {
                         }
                     }
                 }
-                for result in self.store.put_secrets(writes).await? {
+                for result in self.put_secrets(writes).await? {
                     match result {
                         Ok(_) => {
                             report.reencrypted += 1;

@@ -367,7 +367,7 @@ impl Inner {
         if batch.is_empty() {
             return Ok(granted);
         }
-        for (tenant, result) in order.into_iter().zip(self.store.put_deks(batch).await?) {
+        for (tenant, result) in order.into_iter().zip(self.put_deks(batch).await?) {
             if result.is_ok() {
                 granted.insert(tenant);
             }
@@ -417,10 +417,7 @@ impl Inner {
             .iter()
             .map(|(r, _)| r.metadata.tenant.clone())
             .collect();
-        for (tenant, result) in tenants
-            .into_iter()
-            .zip(self.store.put_secrets(writes).await?)
-        {
+        for (tenant, result) in tenants.into_iter().zip(self.put_secrets(writes).await?) {
             if result.is_ok() {
                 written.reencrypted += 1;
             } else {

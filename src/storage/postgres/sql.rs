@@ -133,21 +133,21 @@ impl Statements {
                 "SELECT {DEK_READ} FROM {deks} WHERE tenant = $1 ORDER BY version"
             )),
             create_dek: sql(format!(
-                "INSERT INTO {deks} ({DEK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
+                "INSERT INTO {deks} ({DEK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (tenant, version) DO NOTHING RETURNING row_version"
             )),
             update_dek: sql(format!(
                 "UPDATE {deks} SET state = $3, suite = $4, master_key_id = $5, wrapped = $6,
-                   encryptions_reserved = $7, updated_at = $8, row_version = row_version + 1
+                   encryptions_reserved = $7, updated_at = $8, row_version = $10
                  WHERE tenant = $1 AND version = $2 AND row_version = $9
                  RETURNING row_version"
             )),
             upsert_dek: sql(format!(
-                "INSERT INTO {deks} AS cur ({DEK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
+                "INSERT INTO {deks} AS cur ({DEK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (tenant, version) DO UPDATE SET state = EXCLUDED.state,
                    suite = EXCLUDED.suite, master_key_id = EXCLUDED.master_key_id,
                    wrapped = EXCLUDED.wrapped, encryptions_reserved = EXCLUDED.encryptions_reserved,
-                   updated_at = EXCLUDED.updated_at, row_version = cur.row_version + 1
+                   updated_at = EXCLUDED.updated_at, row_version = EXCLUDED.row_version
                  RETURNING row_version"
             )),
             delete_dek: sql(format!(
@@ -176,21 +176,21 @@ impl Statements {
             )),
             create_secret: sql(format!(
                 "INSERT INTO {secrets} (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (tenant, name) DO NOTHING RETURNING row_version"
             )),
             update_secret: sql(format!(
                 "UPDATE {secrets} SET kind = $3, dek_version = $4, envelope = $5, updated_at = $6,
-                   row_version = row_version + 1
+                   row_version = $8
                  WHERE tenant = $1 AND name = $2 AND row_version = $7
                  RETURNING row_version"
             )),
             upsert_secret: sql(format!(
                 "INSERT INTO {secrets} AS cur (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (tenant, name) DO UPDATE SET kind = EXCLUDED.kind,
                    dek_version = EXCLUDED.dek_version, envelope = EXCLUDED.envelope,
-                   updated_at = EXCLUDED.updated_at, row_version = cur.row_version + 1
+                   updated_at = EXCLUDED.updated_at, row_version = EXCLUDED.row_version
                  RETURNING row_version"
             )),
             delete_secret: sql(format!(

@@ -2,37 +2,31 @@
 //! server: a conditional write checks the stored row version and writes the record and its
 //! index entries in one step; a read returns a consistent page in one round trip.
 //!
-//! Replies of the write scripts: a positive integer is the new row version; `-1` means the
-//! record exists (a create lost); `-2` means the row version did not match (an update or a
-//! conditional delete lost); `0` (deletes only) means there was nothing to delete; `-3`
-//! means the stored row version is not a decimal integer below 2^53 (a record edited
-//! outside credvault), and nothing was written.
+//! Replies of the write scripts: `1` means the record was written (with the row version the
+//! caller passed) or deleted; `-1` means the record exists (a create lost); `-2` means the
+//! row version did not match (an update or a conditional delete lost); `0` (deletes only)
+//! means there was nothing to delete. Row versions are compared as the decimal strings
+//! they are stored as, never as Lua numbers (which are exact only below 2^53).
 //!
 //! Every key a script touches shares the store's `{prefix}` hash tag, so all of them live
 //! in one hash slot.
 
 /// Writes a secret record. KEYS: record hash, secrets index. ARGV: mode (`c` create, `u`
 /// update, `s` upsert), expected row version, index member, kind, DEK version, envelope,
-/// created at, updated at.
+/// created at, updated at, new row version.
 ///
-/// An existing record is rewritten by one `HSET` that also sets the incremented row
-/// version (computed here, so a stored version that is not decimal, or too large for a Lua
-/// number to count exactly, is refused with `-3` before anything is written).
+/// An existing record is rewritten by one `HSET`, which keeps its creation time.
 pub(super) const PUT_SECRET: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'r')
 local mode = ARGV[1]
 if cur then
   if mode == 'c' then return -1 end
   if mode == 'u' and cur ~= ARGV[2] then return -2 end
-  if not string.match(cur, '^%d+$') then return -3 end
-  local n = tonumber(cur)
-  if n >= 9007199254740992 then return -3 end
-  n = n + 1
-  redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'u', ARGV[8], 'r', string.format('%d', n))
-  return n
+  redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'u', ARGV[8], 'r', ARGV[9])
+  return 1
 end
 if mode == 'u' then return -2 end
-redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'c', ARGV[7], 'u', ARGV[8], 'r', 1)
+redis.call('HSET', KEYS[1], 'k', ARGV[4], 'v', ARGV[5], 'e', ARGV[6], 'c', ARGV[7], 'u', ARGV[8], 'r', ARGV[9])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 return 1
 ";
@@ -50,23 +44,19 @@ return 1
 
 /// Writes a data-key record. KEYS: record hash, data-key index, tenant index. ARGV: mode,
 /// expected row version, index member, tenant, state, suite, master key id, wrapped key,
-/// encryptions reserved, created at, updated at. An existing record is rewritten as in
-/// `PUT_SECRET`.
+/// encryptions reserved, created at, updated at, new row version. An existing record is
+/// rewritten as in `PUT_SECRET`.
 pub(super) const PUT_DEK: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'r')
 local mode = ARGV[1]
 if cur then
   if mode == 'c' then return -1 end
   if mode == 'u' and cur ~= ARGV[2] then return -2 end
-  if not string.match(cur, '^%d+$') then return -3 end
-  local n = tonumber(cur)
-  if n >= 9007199254740992 then return -3 end
-  n = n + 1
-  redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'u', ARGV[11], 'r', string.format('%d', n))
-  return n
+  redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'u', ARGV[11], 'r', ARGV[12])
+  return 1
 end
 if mode == 'u' then return -2 end
-redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 'r', 1)
+redis.call('HSET', KEYS[1], 'st', ARGV[5], 'su', ARGV[6], 'm', ARGV[7], 'w', ARGV[8], 'n', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 'r', ARGV[12])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[4])
 return 1

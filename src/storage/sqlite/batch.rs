@@ -11,7 +11,7 @@
 //! - each source row names one stored row by its primary key and the row version it
 //!   expects, exactly as the one-row `UPDATE .. WHERE row_version = ?` does;
 //! - when every statement updated all of its rows, every condition held: the batch
-//!   commits and each row has the next row version;
+//!   commits and each row has the row version its record carries;
 //! - when one did not, some condition failed: the transaction is rolled back and the
 //!   batch written again one statement per row, which reports each row's outcome. The
 //!   write lock is held from the first attempt's `BEGIN IMMEDIATE` until its rollback,
@@ -33,10 +33,10 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
 use super::{BACKEND, map_err, write_dek, write_secret};
 use crate::error::Error;
 use crate::ids::RowVersion;
-use crate::storage::rows::to_sql_u64;
+use crate::storage::rows::{to_sql_row_version, to_sql_u64};
 use crate::storage::{DekRecord, PutMode, SecretRecord, keep_conditional};
 
-/// The most rows one statement updates. At 9 bound values per data-key row this stays far
+/// The most rows one statement updates. At 10 bound values per data-key row this stays far
 /// below SQLite's limit on bound parameters (32,766).
 const CHUNK: usize = 128;
 
@@ -70,11 +70,10 @@ fn sql(all: &'static [String], n: usize) -> &'static str {
 
 static SECRET_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
     statements(
-        "WITH v (tenant, name, kind, dek_version, envelope, updated_at, expected) AS (VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?)",
+        "WITH v (tenant, name, kind, dek_version, envelope, updated_at, row_version, expected) AS (VALUES ",
+        "(?, ?, ?, ?, ?, ?, ?, ?)",
         ") UPDATE credvault_secrets SET kind = v.kind, dek_version = v.dek_version,
-           envelope = v.envelope, updated_at = v.updated_at,
-           row_version = credvault_secrets.row_version + 1
+           envelope = v.envelope, updated_at = v.updated_at, row_version = v.row_version
          FROM v
          WHERE credvault_secrets.tenant = v.tenant AND credvault_secrets.name = v.name
            AND credvault_secrets.row_version = v.expected",
@@ -84,12 +83,12 @@ static SECRET_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
 static DEK_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
     statements(
         "WITH v (tenant, version, state, suite, master_key_id, wrapped, encryptions_reserved,
-                 updated_at, expected) AS (VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 updated_at, row_version, expected) AS (VALUES ",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ") UPDATE credvault_deks SET state = v.state, suite = v.suite,
            master_key_id = v.master_key_id, wrapped = v.wrapped,
            encryptions_reserved = v.encryptions_reserved, updated_at = v.updated_at,
-           row_version = credvault_deks.row_version + 1
+           row_version = v.row_version
          FROM v
          WHERE credvault_deks.tenant = v.tenant AND credvault_deks.version = v.version
            AND credvault_deks.row_version = v.expected",
@@ -107,8 +106,11 @@ pub(super) trait Batched: Sized {
     const VALUES: usize;
 
     fn key(&self) -> Self::Key<'_>;
+    /// The row version the write stores.
+    fn row_version(&self) -> RowVersion;
     fn statement(n: usize) -> &'static str;
-    /// Adds one source row: the key, the new values and the expected row version.
+    /// Adds one source row: the key, the new values (the row version last) and the
+    /// expected row version.
     fn bind(&self, args: &mut SqliteArguments, expected: i64) -> Result<(), Error>;
     /// The one-row write.
     async fn write_one(
@@ -120,10 +122,14 @@ pub(super) trait Batched: Sized {
 
 impl Batched for SecretRecord {
     type Key<'a> = (&'a str, &'a str);
-    const VALUES: usize = 7;
+    const VALUES: usize = 8;
 
     fn key(&self) -> Self::Key<'_> {
         (self.metadata.tenant.as_str(), self.metadata.name.as_str())
+    }
+
+    fn row_version(&self) -> RowVersion {
+        self.metadata.row_version
     }
 
     fn statement(n: usize) -> &'static str {
@@ -138,6 +144,7 @@ impl Batched for SecretRecord {
         add(args, i64::from(m.dek_version.get()))?;
         add(args, self.envelope.as_slice())?;
         add(args, m.updated_at.as_millis())?;
+        add(args, to_sql_row_version(m.row_version)?)?;
         add(args, expected)
     }
 
@@ -152,10 +159,14 @@ impl Batched for SecretRecord {
 
 impl Batched for DekRecord {
     type Key<'a> = (&'a str, u32);
-    const VALUES: usize = 9;
+    const VALUES: usize = 10;
 
     fn key(&self) -> Self::Key<'_> {
         (self.tenant.as_str(), self.version.get())
+    }
+
+    fn row_version(&self) -> RowVersion {
+        self.row_version
     }
 
     fn statement(n: usize) -> &'static str {
@@ -174,6 +185,7 @@ impl Batched for DekRecord {
             to_sql_u64(self.encryptions_reserved, "encryptions reserved")?,
         )?;
         add(args, self.updated_at.as_millis())?;
+        add(args, to_sql_row_version(self.row_version)?)?;
         add(args, expected)
     }
 
@@ -222,18 +234,16 @@ fn conditional_updates<R: Batched>(batch: &[(R, PutMode)]) -> Option<Vec<RowVers
     (batch.len() >= 2 && keys.len() == batch.len()).then_some(expected)
 }
 
-/// Applies every update of `batch` with multi-row statements: the new row versions when
+/// Applies every update of `batch` with multi-row statements: the stored row versions when
 /// every condition held, `None` as soon as one did not (the caller rolls back).
 async fn update_all<R: Batched>(
     conn: &mut SqliteConnection,
     batch: &[(R, PutMode)],
     expected: &[RowVersion],
 ) -> Result<Option<Vec<RowVersion>>, Error> {
-    let mut next = Vec::with_capacity(expected.len());
+    let next: Vec<RowVersion> = batch.iter().map(|(r, _)| r.row_version()).collect();
     let mut sql_expected = Vec::with_capacity(expected.len());
     for v in expected {
-        let Some(n) = v.next() else { return Ok(None) };
-        next.push(n);
         sql_expected.push(to_sql_u64(v.0, "row version")?);
     }
     let mut start = 0;

@@ -1,0 +1,108 @@
+//! Identity survives deletion: a secret or data-key row that is deleted and created again
+//! takes a row version it never had, so a conditional write that expects a version read
+//! before the delete (a stale `update`, a job writing back its snapshot) fails with
+//! `Conflict` instead of overwriting the new row. On every backend, with two vault
+//! instances sharing the store as two processes would.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: failing loudly is the point"
+)]
+
+mod common;
+
+use common::{name, stores, tenant, vault_over};
+use credvault::storage::PutMode;
+use credvault::{ApiKey, DekVersion, ErrorKind};
+
+/// Rounds of delete and re-create per backend.
+const ROUNDS: usize = 25;
+
+#[tokio::test]
+async fn a_stale_update_after_delete_and_recreate_is_a_conflict() {
+    for (backend, store) in stores().await {
+        let (one, two) = (vault_over(&store), vault_over(&store));
+        let t = tenant("acme");
+        one.create_tenant(&t).await.unwrap();
+        let n = name("github");
+        let (mut tried, mut accepted) = (0, 0);
+        for round in 0..ROUNDS {
+            one.put(&t, &n, &ApiKey::new(format!("old-{round}")))
+                .await
+                .unwrap();
+            // Instance B reads the secret and keeps its row version for a later update.
+            let (_, seen) = two.get_with_metadata::<ApiKey>(&t, &n).await.unwrap();
+            // Instance A deletes it and stores a new value under the same name.
+            assert!(one.delete(&t, &n).await.unwrap());
+            let current = one
+                .create(&t, &n, &ApiKey::new(format!("new-{round}")))
+                .await
+                .unwrap();
+            assert_ne!(current, seen.row_version, "{backend}: a version came back");
+            tried += 1;
+            match two
+                .update(&t, &n, &ApiKey::new("stale"), seen.row_version)
+                .await
+            {
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: {e}"),
+                Ok(_) => accepted += 1,
+            }
+            let read: ApiKey = two.get(&t, &n).await.unwrap();
+            assert_eq!(
+                read.expose_secret(),
+                format!("new-{round}"),
+                "{backend}: the new value survives"
+            );
+        }
+        assert_eq!(
+            accepted, 0,
+            "{backend}: {accepted} of {tried} stale updates accepted"
+        );
+    }
+}
+
+/// A job (rewrap, re-encryption, a reservation) reads a key row, then writes it back
+/// conditionally on the row version it read. If the tenant was deleted and re-created in
+/// between, the write-back must fail: the row under that (tenant, version) is another key.
+#[tokio::test]
+async fn a_key_row_snapshot_from_before_a_tenant_was_recreated_cannot_be_written_back() {
+    for (backend, store) in stores().await {
+        let vault = vault_over(&store);
+        let t = tenant("acme");
+        let (mut tried, mut accepted) = (0, 0);
+        for round in 0..ROUNDS {
+            vault.create_tenant(&t).await.unwrap();
+            vault
+                .put(&t, &name("k"), &ApiKey::new(format!("before-{round}")))
+                .await
+                .unwrap();
+            let snapshot = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
+            vault.delete_tenant(&t).await.unwrap();
+            vault.create_tenant(&t).await.unwrap();
+            vault
+                .put(&t, &name("k"), &ApiKey::new(format!("after-{round}")))
+                .await
+                .unwrap();
+            let current = store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap();
+            tried += 1;
+            let expected = snapshot.row_version;
+            match store.put_dek(snapshot, PutMode::Update(expected)).await {
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{backend}: {e}"),
+                Ok(_) => accepted += 1,
+            }
+            assert_eq!(
+                store.get_dek(&t, DekVersion::FIRST).await.unwrap().unwrap(),
+                current,
+                "{backend}: the re-created tenant's key row is untouched"
+            );
+            let read: ApiKey = vault_over(&store).get(&t, &name("k")).await.unwrap();
+            assert_eq!(read.expose_secret(), format!("after-{round}"), "{backend}");
+            vault.delete_tenant(&t).await.unwrap();
+        }
+        assert_eq!(
+            accepted, 0,
+            "{backend}: {accepted} of {tried} stale key write-backs accepted"
+        );
+    }
+}
