@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use credvault::storage::{PutMode, SecretRecord, SqliteOptions, Store};
+use credvault::storage::{KeyCondition, PutMode, SecretRecord, SqliteOptions, Store};
 use credvault::{
     ApiKey, DekVersion, JobOptions, LocalMasterKey, MasterKeyRing, RowVersion, SecretName,
     SqliteStore, TenantId, Vault,
@@ -185,7 +185,7 @@ enum Pass {
 }
 
 impl Pass {
-    fn write(self, scanned: &SecretRecord) -> (SecretRecord, PutMode) {
+    fn write(self, scanned: &SecretRecord) -> (SecretRecord, PutMode, KeyCondition) {
         let mut r = scanned.clone();
         let v = r.metadata.row_version;
         // A version of the row's own for the `Away` state (the store keeps the version a
@@ -195,9 +195,9 @@ impl Pass {
             Self::Away => {
                 r.metadata.dek_version = r.metadata.dek_version.next().expect("version");
                 r.metadata.row_version = away;
-                (r, PutMode::Update(v))
+                (r, PutMode::Update(v), KeyCondition::Unchecked)
             }
-            Self::Back => (r, PutMode::Update(away)),
+            Self::Back => (r, PutMode::Update(away), KeyCondition::Unchecked),
         }
     }
 }

@@ -58,6 +58,18 @@ pub enum Error {
         /// The kind of record (`secret`, `data key`).
         what: &'static str,
     },
+    /// A secret write was sealed under a data key that, when the write reached the store,
+    /// was no longer its tenant's current key (rotated, demoted, destroyed, rewrapped, or
+    /// the tenant deleted and created again). Nothing was written; the vault retries such a
+    /// write under the current key by itself and reports this only if the key kept
+    /// changing.
+    #[error(
+        "data key version {version} is no longer the tenant's current key: nothing was written"
+    )]
+    KeyNotCurrent {
+        /// The data-key version the write was sealed under.
+        version: DekVersion,
+    },
     /// The stored secret is of another kind than the one asked for.
     #[error("stored secret is {stored}, not {requested}")]
     KindMismatch {
@@ -153,7 +165,7 @@ pub enum ErrorKind {
     TenantNotFound,
     /// See [`Error::AlreadyExists`].
     AlreadyExists,
-    /// See [`Error::Conflict`].
+    /// See [`Error::Conflict`] and [`Error::KeyNotCurrent`].
     Conflict,
     /// See [`Error::KindMismatch`].
     KindMismatch,
@@ -196,7 +208,7 @@ impl Error {
             Self::NotFound => ErrorKind::NotFound,
             Self::TenantNotFound => ErrorKind::TenantNotFound,
             Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            Self::Conflict { .. } => ErrorKind::Conflict,
+            Self::Conflict { .. } | Self::KeyNotCurrent { .. } => ErrorKind::Conflict,
             Self::KindMismatch { .. } => ErrorKind::KindMismatch,
             Self::Decryption => ErrorKind::Decryption,
             Self::Format(f) => f.kind(),

@@ -32,6 +32,7 @@ mod sqlite;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -218,6 +219,50 @@ pub enum PutMode {
     Upsert,
 }
 
+/// What a secret write requires of the data key it was sealed under.
+///
+/// The vault seals a secret under the tenant's current data key as this process knows it,
+/// then writes it with [`KeyCondition::SealedUnder`] that key's wrapped bytes: the store
+/// checks, in the same atomic step as the write, that the key is still the current one. A
+/// process whose view is stale (another instance rotated or destroyed the key, or deleted
+/// and re-created the tenant) is told so ([`Error::KeyNotCurrent`]) instead of storing a
+/// secret that no reader could open, and seals again under the current key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyCondition {
+    /// The write succeeds only if the data-key record of the secret's tenant and
+    /// `dek_version` exists, is [`DekState::Active`] and holds exactly these wrapped bytes.
+    SealedUnder(Arc<[u8]>),
+    /// The write does not look at the data-key records (for tools and tests that write
+    /// stored rows as they are; the vault never writes a secret this way).
+    Unchecked,
+}
+
+impl fmt::Debug for KeyCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SealedUnder(wrapped) => f
+                .debug_struct("SealedUnder")
+                .field("wrapped_len", &wrapped.len())
+                .finish(),
+            Self::Unchecked => f.write_str("Unchecked"),
+        }
+    }
+}
+
+impl KeyCondition {
+    /// Whether `dek`, the record of the written secret's tenant and data-key version (or
+    /// `None` when there is none), satisfies the condition. For backends that check it in
+    /// code; SQL backends state it in the write's `WHERE` clause.
+    #[must_use]
+    pub fn holds(&self, dek: Option<&DekRecord>) -> bool {
+        match self {
+            Self::Unchecked => true,
+            Self::SealedUnder(wrapped) => dek
+                .is_some_and(|d| d.state == DekState::Active && d.wrapped.as_bytes() == &**wrapped),
+        }
+    }
+}
+
 /// A storage backend.
 ///
 /// # Contract
@@ -231,6 +276,10 @@ pub enum PutMode {
 ///   random bits; see [`RowVersion`]), so that a record deleted and created again never
 ///   takes up a version it had before. The store compares versions for equality only and
 ///   keeps every value from 1 to [`RowVersion::MAX`].
+/// - **Key conditions.** A secret write with [`KeyCondition::SealedUnder`] checks the data-key
+///   record it names in the same atomic step as its own condition; when the key condition
+///   fails it writes nothing and fails with [`Error::KeyNotCurrent`] (which a batch reports
+///   as that row's outcome). When both fail, either error may be reported.
 /// - **Creation time is kept.** An update or upsert of an existing record keeps its stored
 ///   `created_at`.
 /// - **Faithful storage.** Reads return exactly the bytes and values written; identifiers
@@ -303,12 +352,17 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         name: &SecretName,
     ) -> Result<Option<SecretRecord>, Error>;
 
-    /// Writes a secret record under `mode`; returns its new row version.
+    /// Writes a secret record under `mode`, if `key` holds; returns its new row version.
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`], [`Error::Conflict`], [`Error::Unavailable`] or
-    /// [`Error::Storage`].
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error>;
+    /// [`Error::AlreadyExists`], [`Error::Conflict`], [`Error::KeyNotCurrent`],
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error>;
 
     /// Deletes a secret; with `expected`, only if its row version matches. Returns whether
     /// a record was deleted.
@@ -587,11 +641,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         }
     }
 
-    /// Several conditional secret writes in one round trip (one transaction, where the
-    /// backend has them). Each write succeeds or fails on its own condition, reported in
-    /// the inner results in order; the outer error means the batch as a whole failed, after
-    /// which any subset of it may have been applied (every write is conditional, so
-    /// re-running it is safe).
+    /// Several conditional secret writes, each with its key condition, in one round trip
+    /// (one transaction, where the backend has them). Each write succeeds or fails on its
+    /// own conditions, reported in the inner results in order; the outer error means the
+    /// batch as a whole failed, after which any subset of it may have been applied (every
+    /// write is conditional, so re-running it is safe).
     ///
     /// The default implementation writes one record at a time.
     ///
@@ -599,11 +653,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// [`Error::Unavailable`] or [`Error::Storage`] for the batch.
     async fn put_secrets(
         &self,
-        batch: Vec<(SecretRecord, PutMode)>,
+        batch: Vec<(SecretRecord, PutMode, KeyCondition)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
         let mut out = Vec::with_capacity(batch.len());
-        for (record, mode) in batch {
-            out.push(keep_conditional(self.put_secret(record, mode).await)?);
+        for (record, mode, key) in batch {
+            out.push(keep_conditional(self.put_secret(record, mode, key).await)?);
         }
         Ok(out)
     }
@@ -631,7 +685,10 @@ pub(crate) fn keep_conditional(
 ) -> Result<Result<RowVersion, Error>, Error> {
     match result {
         Ok(v) => Ok(Ok(v)),
-        Err(e @ (Error::Conflict { .. } | Error::AlreadyExists { .. })) => Ok(Err(e)),
+        Err(
+            e
+            @ (Error::Conflict { .. } | Error::AlreadyExists { .. } | Error::KeyNotCurrent { .. }),
+        ) => Ok(Err(e)),
         Err(e) => Err(e),
     }
 }

@@ -22,7 +22,11 @@ pub use lifecycle::DekStatus;
 use crate::error::Error;
 use crate::ids::RowVersion;
 use crate::keys::{DekCache, MasterKeyRing};
-use crate::storage::{DekRecord, MemoryStore, PutMode, SecretRecord, Store};
+use crate::storage::{DekRecord, KeyCondition, MemoryStore, PutMode, SecretRecord, Store};
+
+/// A secret write as the vault makes it: the record re-sealed or sealed anew, its mode, and
+/// the key it was sealed under.
+pub(crate) type SealedWrite = (SecretRecord, PutMode, KeyCondition);
 use active::ActiveKeys;
 use builder::Config;
 
@@ -148,23 +152,25 @@ impl Inner {
         self.store.put_deks(batch).await
     }
 
-    /// Writes a secret record under a fresh row version (the one path for the vault's
-    /// secret writes through the [`Store`] trait).
+    /// Writes a secret record under a fresh row version, conditional on the key it was
+    /// sealed under (the one path for the vault's secret writes through the [`Store`]
+    /// trait).
     pub(crate) async fn put_secret(
         &self,
         mut record: SecretRecord,
         mode: PutMode,
+        key: KeyCondition,
     ) -> Result<RowVersion, Error> {
         record.metadata.row_version = crate::crypto::fresh_row_version();
-        self.store.put_secret(record, mode).await
+        self.store.put_secret(record, mode, key).await
     }
 
     /// [`Self::put_secret`] for a batch.
     pub(crate) async fn put_secrets(
         &self,
-        mut batch: Vec<(SecretRecord, PutMode)>,
+        mut batch: Vec<SealedWrite>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-        for (record, _) in &mut batch {
+        for (record, _, _) in &mut batch {
             record.metadata.row_version = crate::crypto::fresh_row_version();
         }
         self.store.put_secrets(batch).await

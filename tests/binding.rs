@@ -360,8 +360,13 @@ impl Store for LostKeys {
     ) -> Result<Option<SecretRecord>, Error> {
         self.inner.get_secret(tenant, name).await
     }
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        self.inner.put_secret(record, mode).await
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: credvault::storage::KeyCondition,
+    ) -> Result<RowVersion, Error> {
+        self.inner.put_secret(record, mode, key).await
     }
     async fn delete_secret(
         &self,

@@ -174,7 +174,11 @@ async fn store_example(store: &MemoryStore, f: &Fixture, ex: &Example) -> TestRe
         )
         .await?;
     store
-        .put_secret(secret_row(&f.tenant, &ex.name, ex), PutMode::Create)
+        .put_secret(
+            secret_row(&f.tenant, &ex.name, ex),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await?;
     Ok(())
 }
@@ -279,7 +283,11 @@ async fn documented_envelope_under_another_tenant_fails_with_decryption() -> Tes
         )
         .await?;
     store
-        .put_secret(secret_row(&other, &ex.name, &ex), PutMode::Create)
+        .put_secret(
+            secret_row(&other, &ex.name, &ex),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await?;
     let vault = f.vault(store)?;
 
@@ -305,7 +313,11 @@ async fn documented_envelope_under_another_name_fails_with_decryption() -> TestR
     let store = MemoryStore::new();
     store_example(&store, &f, &ex).await?;
     store
-        .put_secret(secret_row(&f.tenant, &other, &ex), PutMode::Create)
+        .put_secret(
+            secret_row(&f.tenant, &other, &ex),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await?;
     let vault = f.vault(store)?;
 
@@ -332,7 +344,11 @@ async fn documented_wrapped_dek_copied_to_another_tenant_fails_with_decryption()
         .put_dek(f.dek_row(&other, &ex, ex.wrapped.clone()), PutMode::Create)
         .await?;
     store
-        .put_secret(secret_row(&other, &ex.name, &ex), PutMode::Create)
+        .put_secret(
+            secret_row(&other, &ex.name, &ex),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await?;
     let vault = f.vault(store)?;
 

@@ -236,6 +236,7 @@ async fn replay(v: &VectorFile) -> (String, Option<Vec<u8>>) {
                 envelope,
             },
             PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
         )
         .await
         .unwrap();

@@ -106,3 +106,109 @@ async fn a_key_row_snapshot_from_before_a_tenant_was_recreated_cannot_be_written
         );
     }
 }
+
+/// A vault that trusts its knowledge of the active key for an hour: another instance's
+/// changes reach it only through the store's key conditions.
+fn long_lived_instance(store: &std::sync::Arc<dyn credvault::storage::Store>) -> credvault::Vault {
+    credvault::Vault::builder_with_store(std::sync::Arc::clone(store), common::ring())
+        .with_active_key_ttl(std::time::Duration::from_hours(1))
+        .build()
+        .unwrap()
+}
+
+/// Instance B caches the tenant's active key; instance A deletes and re-creates the tenant;
+/// B's next write succeeds and is readable (it was sealed again under the new key), and the
+/// tenant can be deleted and created again afterwards.
+#[tokio::test]
+async fn a_write_from_an_instance_with_a_stale_key_is_readable_after_the_tenant_was_recreated() {
+    for (backend, store) in stores().await {
+        let (one, two) = (vault_over(&store), long_lived_instance(&store));
+        let t = tenant("acme");
+        let (mut acknowledged, mut lost) = (0, 0);
+        one.create_tenant(&t).await.unwrap();
+        for round in 0..ROUNDS {
+            two.put(&t, &name("warm"), &ApiKey::new("warm"))
+                .await
+                .unwrap();
+            one.delete_tenant(&t).await.unwrap();
+            one.create_tenant(&t).await.unwrap();
+            let value = format!("after-{round}");
+            two.put(&t, &name("k"), &ApiKey::new(value.clone()))
+                .await
+                .unwrap();
+            acknowledged += 1;
+            match vault_over(&store).get::<ApiKey>(&t, &name("k")).await {
+                Ok(read) if read.expose_secret() == value => {}
+                Ok(_) => lost += 1,
+                Err(e) => {
+                    lost += 1;
+                    eprintln!("{backend}: an acknowledged write reads as {e}");
+                }
+            }
+        }
+        one.delete_tenant(&t).await.unwrap();
+        assert_eq!(
+            one.create_tenant(&t).await.unwrap(),
+            credvault::TenantCreation::Created,
+            "{backend}: no orphan row stops the tenant from being created again"
+        );
+        assert_eq!(
+            lost, 0,
+            "{backend}: {lost} of {acknowledged} acknowledged writes lost"
+        );
+    }
+}
+
+/// Instance B still holds a key that instance A demoted and destroyed a moment ago, with no
+/// grace period at all: B's write is refused by the store, sealed again under the current
+/// key, and readable by everyone; nothing is left under the destroyed key.
+#[tokio::test]
+async fn a_write_under_a_key_destroyed_moments_ago_is_sealed_again_under_the_current_key() {
+    for (backend, store) in stores().await {
+        let (one, two) = (vault_over(&store), long_lived_instance(&store));
+        let t = tenant("acme");
+        one.create_tenant(&t).await.unwrap();
+        let mut lost = 0;
+        for round in 0..ROUNDS {
+            two.put(&t, &name("warm"), &ApiKey::new("warm"))
+                .await
+                .unwrap();
+            let current = one.rotate_tenant_key(&t).await.unwrap();
+            one.reencrypt_tenant(&t, &credvault::JobOptions::default())
+                .await
+                .unwrap();
+            let destroyed = one
+                .destroy_unused_keys(&t, std::time::Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(!destroyed.is_empty(), "{backend}: the old key is destroyed");
+            let value = format!("v-{round}");
+            two.put(&t, &name("k"), &ApiKey::new(value.clone()))
+                .await
+                .unwrap();
+            let reader = vault_over(&store);
+            match reader.get_with_metadata::<ApiKey>(&t, &name("k")).await {
+                Ok((read, meta)) => {
+                    assert_eq!(read.expose_secret(), value, "{backend}");
+                    assert_eq!(
+                        meta.dek_version, current,
+                        "{backend}: sealed under the current key"
+                    );
+                }
+                Err(e) => {
+                    lost += 1;
+                    eprintln!("{backend}: an acknowledged write reads as {e}");
+                }
+            }
+            for status in one.key_status(&t).await.unwrap() {
+                if status.state == credvault::storage::DekState::Destroyed {
+                    assert_eq!(
+                        status.secrets, 0,
+                        "{backend}: a secret under a destroyed key"
+                    );
+                }
+            }
+        }
+        assert_eq!(lost, 0, "{backend}: {lost} acknowledged writes lost");
+    }
+}

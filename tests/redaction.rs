@@ -169,7 +169,11 @@ async fn canary_never_appears_in_debug_errors_or_trace_logs() {
     let mut moved = record.clone();
     moved.metadata.name = name("moved");
     store
-        .put_secret(moved, credvault::storage::PutMode::Create)
+        .put_secret(
+            moved,
+            credvault::storage::PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     errors.push(vault.get::<ApiKey>(&t, &name("moved")).await.unwrap_err());

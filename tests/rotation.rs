@@ -394,6 +394,7 @@ async fn reencryption_yields_to_a_concurrent_user_write() {
             .put_secrets(vec![(
                 resealed,
                 PutMode::Update(stale.metadata.row_version),
+                credvault::storage::KeyCondition::Unchecked,
             )])
             .await
             .unwrap();
@@ -699,7 +700,14 @@ async fn reencrypt_all_reports_a_secret_under_a_destroyed_key_as_destroyed() {
             .unwrap();
         let destroyed = vault.destroy_unused_keys(&t, Duration::ZERO).await.unwrap();
         assert_eq!(destroyed, [DekVersion::FIRST]);
-        store.put_secret(backup, PutMode::Upsert).await.unwrap();
+        store
+            .put_secret(
+                backup,
+                PutMode::Upsert,
+                credvault::storage::KeyCondition::Unchecked,
+            )
+            .await
+            .unwrap();
         vault.rotate_tenant_key(&t).await.unwrap();
         let report = vault
             .reencrypt_all(&JobOptions::default(), |_| {})
@@ -739,7 +747,14 @@ async fn reencrypt_all_reports_every_secret_under_a_destroyed_key() {
             .unwrap();
         vault.destroy_unused_keys(&t, Duration::ZERO).await.unwrap();
         for row in backups {
-            store.put_secret(row, PutMode::Upsert).await.unwrap();
+            store
+                .put_secret(
+                    row,
+                    PutMode::Upsert,
+                    credvault::storage::KeyCondition::Unchecked,
+                )
+                .await
+                .unwrap();
         }
         let report = vault
             .reencrypt_all(&JobOptions::default(), |_| {})

@@ -26,7 +26,11 @@ async fn a_store_opened_at_a_relative_path_reads_its_file_after_the_directory_ch
         .unwrap();
     let name = SecretName::new("api").unwrap();
     store
-        .put_secret(secret_record(&t, &name, vec![7; 40]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &name, vec![7; 40]),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
 

@@ -66,7 +66,14 @@ async fn fill(store: &SqliteStore, tenants: &[TenantId]) {
             if s % 2 == 1 {
                 record.metadata.dek_version = DekVersion::new(2).unwrap();
             }
-            store.put_secret(record, PutMode::Create).await.unwrap();
+            store
+                .put_secret(
+                    record,
+                    PutMode::Create,
+                    credvault::storage::KeyCondition::Unchecked,
+                )
+                .await
+                .unwrap();
         }
     }
 }
@@ -340,6 +347,7 @@ async fn both_drivers_refuse_a_row_edited_in_any_column() {
                     .put_secret(
                         secret_record(tenant, &secret_name(name), vec![1, 2, 3]),
                         PutMode::Create,
+                        credvault::storage::KeyCondition::Unchecked,
                     )
                     .await
                     .unwrap();
@@ -395,6 +403,7 @@ async fn both_drivers_read_text_in_a_blob_column_as_its_bytes() {
             .put_secret(
                 secret_record(&t, &secret_name("a"), vec![1]),
                 PutMode::Create,
+                credvault::storage::KeyCondition::Unchecked,
             )
             .await
             .unwrap();

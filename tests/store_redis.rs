@@ -60,6 +60,7 @@ async fn keys_stay_under_the_prefix_in_one_hash_slot() {
         .put_secret(
             conformance::secret_record(&t, &n, vec![1, 2]),
             PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
         )
         .await
         .unwrap();
@@ -323,12 +324,22 @@ async fn scripts_flushed_from_the_server_are_loaded_again() {
     let record = |n: &SecretName, fill: u8| conformance::secret_record(&t, n, vec![fill; 8]);
     flush().await;
     let first = record(&a, 1);
-    let v = store.put_secret(first.clone(), PutMode::Upsert).await;
+    let v = store
+        .put_secret(
+            first.clone(),
+            PutMode::Upsert,
+            credvault::storage::KeyCondition::Unchecked,
+        )
+        .await;
     assert_eq!(v.unwrap(), first.metadata.row_version);
     flush().await;
     let second = record(&a, 2);
     let v = store
-        .put_secret(second.clone(), PutMode::Update(first.metadata.row_version))
+        .put_secret(
+            second.clone(),
+            PutMode::Update(first.metadata.row_version),
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await;
     assert_eq!(v.unwrap(), second.metadata.row_version, "written once");
     flush().await;
@@ -344,7 +355,7 @@ async fn scripts_flushed_from_the_server_are_loaded_again() {
     ];
     let carried: Vec<_> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
     let versions: Vec<_> = store
-        .put_secrets(batch)
+        .put_secrets(conformance::unchecked(batch))
         .await
         .unwrap()
         .into_iter()
@@ -383,14 +394,22 @@ async fn row_versions_are_kept_and_compared_exactly() {
         i64::MAX as u64,
     ];
     let mut current = store
-        .put_secret(record(0, 1), PutMode::Create)
+        .put_secret(
+            record(0, 1),
+            PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     for (fill, v) in (1..).zip(versions) {
         let near = credvault::RowVersion(current.0 ^ 1);
         assert_eq!(
             store
-                .put_secret(record(fill, v), PutMode::Update(near))
+                .put_secret(
+                    record(fill, v),
+                    PutMode::Update(near),
+                    credvault::storage::KeyCondition::Unchecked
+                )
                 .await
                 .unwrap_err()
                 .kind(),
@@ -398,7 +417,11 @@ async fn row_versions_are_kept_and_compared_exactly() {
             "{v}: a version one bit away does not match"
         );
         current = store
-            .put_secret(record(fill, v), PutMode::Update(current))
+            .put_secret(
+                record(fill, v),
+                PutMode::Update(current),
+                credvault::storage::KeyCondition::Unchecked,
+            )
             .await
             .unwrap();
         assert_eq!(current.0, v);

@@ -50,6 +50,7 @@ async fn oversize_stored_envelope_is_rejected_as_malformed() {
         .put_secret(
             conformance::secret_record(&t, &n, vec![0; limit]),
             PutMode::Create,
+            credvault::storage::KeyCondition::Unchecked,
         )
         .await
         .unwrap();
@@ -67,6 +68,7 @@ async fn oversize_stored_envelope_is_rejected_as_malformed() {
         .put_secret(
             conformance::secret_record(&t, &n, vec![0; limit + 1]),
             PutMode::Upsert,
+            credvault::storage::KeyCondition::Unchecked,
         )
         .await
         .unwrap();
@@ -123,6 +125,7 @@ mod close {
                     .put_secret(
                         conformance::secret_record(&t, &n, vec![7; 64]),
                         PutMode::Create,
+                        credvault::storage::KeyCondition::Unchecked,
                     )
                     .await
                     .unwrap();

@@ -11,7 +11,7 @@ use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion};
 use crate::keys::{MasterKeyProvider, WrapContext, WrappedDek};
 use crate::secret::{ApiKey, OAuthToken, Secret, SecretBytes, SecretKind};
-use crate::storage::{PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
+use crate::storage::{KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
 
 /// Parses `data` as an envelope. Checks that the parser returns exactly the error that
 /// `docs/format.md` section 3.2 prescribes (an independent reading of the spec below), and
@@ -127,7 +127,7 @@ pub fn envelope_open(data: &[u8]) -> Outcome {
     };
     let opened = block_on(async {
         store
-            .put_secret(record, PutMode::Upsert)
+            .put_secret(record, PutMode::Upsert, KeyCondition::Unchecked)
             .await
             .expect("a memory store accepts an upsert");
         match kind {

@@ -31,7 +31,7 @@ pub(crate) struct CachedDek {
     pub(crate) suite: Suite,
     /// The wrapped key this entry was unwrapped from (ciphertext, not secret): a stored
     /// record is this entry's key only if its wrapped bytes are these.
-    pub(crate) wrapped: Box<[u8]>,
+    pub(crate) wrapped: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for CachedDek {
@@ -238,7 +238,7 @@ mod tests {
         Ok(CachedDek {
             cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
             suite: Suite::Aes256Gcm,
-            wrapped: Box::new([0; 16]),
+            wrapped: Arc::new([0; 16]),
         })
     }
 
@@ -248,7 +248,7 @@ mod tests {
         let entry = CachedDek {
             cipher: SecretCipher::new(Suite::Aes256Gcm, &key)?,
             suite: Suite::Aes256Gcm,
-            wrapped: vec![0xa5; 78].into_boxed_slice(),
+            wrapped: vec![0xa5; 78].into(),
         };
         let shown = format!("{entry:?}");
         assert!(shown.contains("wrapped_len: 78"), "{shown}");

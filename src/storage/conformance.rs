@@ -19,6 +19,7 @@
     clippy::missing_panics_doc,
     clippy::cast_possible_truncation,
     clippy::format_collect,
+    clippy::too_many_lines,
     missing_docs,
     reason = "conformance checks are test assertions; each check's name is its documentation"
 )]
@@ -26,7 +27,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
+use super::{
+    DekRecord, DekState, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, Timestamp,
+};
 use crate::crypto::Suite;
 use crate::error::{Error, ErrorKind};
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
@@ -78,6 +81,17 @@ pub fn secret_record(tenant: &TenantId, secret: &SecretName, envelope: Vec<u8>) 
         },
         envelope,
     }
+}
+
+/// Secret writes with no key condition (the checks of the store's own conditions).
+#[must_use]
+pub fn unchecked(
+    batch: Vec<(SecretRecord, PutMode)>,
+) -> Vec<(SecretRecord, PutMode, KeyCondition)> {
+    batch
+        .into_iter()
+        .map(|(record, mode)| (record, mode, KeyCondition::Unchecked))
+        .collect()
 }
 
 fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
@@ -250,7 +264,8 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
             store
                 .put_secret(
                     secret_record(&t, &n, vec![0]),
-                    PutMode::Update(RowVersion(1))
+                    PutMode::Update(RowVersion(1)),
+                    KeyCondition::Unchecked
                 )
                 .await
         ),
@@ -259,13 +274,20 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
     let created = secret_record(&t, &n, vec![1]);
     let v1 = created.metadata.row_version;
     assert_eq!(
-        store.put_secret(created, PutMode::Create).await.unwrap(),
+        store
+            .put_secret(created, PutMode::Create, KeyCondition::Unchecked)
+            .await
+            .unwrap(),
         v1
     );
     assert_eq!(
         kind(
             store
-                .put_secret(secret_record(&t, &n, vec![2]), PutMode::Create)
+                .put_secret(
+                    secret_record(&t, &n, vec![2]),
+                    PutMode::Create,
+                    KeyCondition::Unchecked
+                )
                 .await
         ),
         ErrorKind::AlreadyExists
@@ -275,7 +297,8 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
             store
                 .put_secret(
                     secret_record(&t, &n, vec![3]),
-                    PutMode::Update(RowVersion(2))
+                    PutMode::Update(RowVersion(2)),
+                    KeyCondition::Unchecked
                 )
                 .await
         ),
@@ -288,12 +311,21 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
     update.metadata.updated_at = Timestamp::from_millis(1_800_000_000_000);
     let v2 = update.metadata.row_version;
     assert_eq!(
-        store.put_secret(update, PutMode::Update(v1)).await.unwrap(),
+        store
+            .put_secret(update, PutMode::Update(v1), KeyCondition::Unchecked)
+            .await
+            .unwrap(),
         v2
     );
     let upsert = secret_record(&t, &n, vec![5]);
     let v3 = upsert.metadata.row_version;
-    assert_eq!(store.put_secret(upsert, PutMode::Upsert).await.unwrap(), v3);
+    assert_eq!(
+        store
+            .put_secret(upsert, PutMode::Upsert, KeyCondition::Unchecked)
+            .await
+            .unwrap(),
+        v3
+    );
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
     assert_eq!(stored.envelope, [5]);
     assert_eq!(stored.metadata.row_version, v3);
@@ -306,7 +338,11 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
         assert_eq!(
             kind(
                 store
-                    .put_secret(secret_record(&t, &n, vec![6]), PutMode::Update(stale))
+                    .put_secret(
+                        secret_record(&t, &n, vec![6]),
+                        PutMode::Update(stale),
+                        KeyCondition::Unchecked
+                    )
                     .await
             ),
             ErrorKind::Conflict
@@ -315,7 +351,7 @@ pub async fn secret_modes_follow_the_contract(store: Arc<dyn Store>) {
     let fresh = secret_record(&t, &name("fresh"), vec![6]);
     assert_eq!(
         store
-            .put_secret(fresh.clone(), PutMode::Upsert)
+            .put_secret(fresh.clone(), PutMode::Upsert, KeyCondition::Unchecked)
             .await
             .unwrap(),
         fresh.metadata.row_version
@@ -334,7 +370,7 @@ pub async fn secret_records_round_trip_exactly(store: Arc<dyn Store>) {
     record.metadata.updated_at = Timestamp::from_millis(-5);
     record.metadata.row_version = RowVersion::MAX;
     store
-        .put_secret(record.clone(), PutMode::Create)
+        .put_secret(record.clone(), PutMode::Create, KeyCondition::Unchecked)
         .await
         .unwrap();
     let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
@@ -358,7 +394,11 @@ pub async fn row_versions_outside_the_stored_range_are_refused(store: Arc<dyn St
         let mut secret = secret_record(&t, &name("s"), vec![1]);
         secret.metadata.row_version = bad;
         assert_eq!(
-            kind(store.put_secret(secret, PutMode::Upsert).await),
+            kind(
+                store
+                    .put_secret(secret, PutMode::Upsert, KeyCondition::Unchecked)
+                    .await
+            ),
             ErrorKind::InvalidInput,
             "{bad:?}"
         );
@@ -380,15 +420,25 @@ pub async fn a_recreated_record_refuses_every_stale_expectation(store: Arc<dyn S
     let t = unique_tenant("recreate");
     let n = name("k");
     let old = secret_record(&t, &n, vec![1]);
-    let stale = store.put_secret(old, PutMode::Create).await.unwrap();
+    let stale = store
+        .put_secret(old, PutMode::Create, KeyCondition::Unchecked)
+        .await
+        .unwrap();
     assert!(store.delete_secret(&t, &n, Some(stale)).await.unwrap());
     let new = secret_record(&t, &n, vec![2]);
-    let current = store.put_secret(new, PutMode::Create).await.unwrap();
+    let current = store
+        .put_secret(new, PutMode::Create, KeyCondition::Unchecked)
+        .await
+        .unwrap();
     assert_ne!(current, stale);
     assert_eq!(
         kind(
             store
-                .put_secret(secret_record(&t, &n, vec![3]), PutMode::Update(stale))
+                .put_secret(
+                    secret_record(&t, &n, vec![3]),
+                    PutMode::Update(stale),
+                    KeyCondition::Unchecked
+                )
                 .await
         ),
         ErrorKind::Conflict
@@ -446,6 +496,151 @@ pub async fn a_recreated_record_refuses_every_stale_expectation(store: Arc<dyn S
     );
 }
 
+/// The key condition of a data-key record, as the vault writes it.
+fn sealed_under(dek: &DekRecord) -> KeyCondition {
+    KeyCondition::SealedUnder(dek.wrapped.as_bytes().into())
+}
+
+/// A secret write sealed under a data key succeeds only while that key is its tenant's
+/// active key with the same wrapped bytes, checked with the write itself; a write that
+/// fails it writes nothing.
+pub async fn secret_writes_check_the_key_they_were_sealed_under(store: Arc<dyn Store>) {
+    let t = unique_tenant("key-condition");
+    let (k1, k2) = (dek_record(&t, 1, 1), dek_record(&t, 2, 2));
+    for k in [&k1, &k2] {
+        store.put_dek(k.clone(), PutMode::Create).await.unwrap();
+    }
+    let n = name("s");
+    let at = |version: u32, fill: u8| {
+        let mut r = secret_record(&t, &n, vec![fill; 8]);
+        r.metadata.dek_version = DekVersion::new(version).unwrap();
+        r
+    };
+    // Another key's bytes under version 1: refused, nothing written.
+    assert_eq!(
+        kind(
+            store
+                .put_secret(at(1, 1), PutMode::Create, sealed_under(&k2))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    assert!(matches!(
+        store.put_secret(at(1, 1), PutMode::Upsert, sealed_under(&k2)).await,
+        Err(Error::KeyNotCurrent { version }) if version == DekVersion::FIRST
+    ));
+    assert!(store.get_secret(&t, &n).await.unwrap().is_none());
+    // The right key: written.
+    let v = store
+        .put_secret(at(1, 1), PutMode::Create, sealed_under(&k1))
+        .await
+        .unwrap();
+    // An update that moves the secret to version 2 is checked against version 2's key.
+    assert!(matches!(
+        store
+            .put_secret(at(2, 2), PutMode::Update(v), sealed_under(&k1))
+            .await,
+        Err(Error::KeyNotCurrent { .. })
+    ));
+    let v = store
+        .put_secret(at(2, 2), PutMode::Update(v), sealed_under(&k2))
+        .await
+        .unwrap();
+    let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.metadata.dek_version.get(), stored.envelope),
+        (2, vec![2; 8])
+    );
+    // A version with no record.
+    assert!(matches!(
+        store
+            .put_secret(at(3, 3), PutMode::Update(v), sealed_under(&k2))
+            .await,
+        Err(Error::KeyNotCurrent { .. })
+    ));
+    // A key that is no longer active: demoted, then destroyed (its bytes erased).
+    let mut demoted = k1.clone();
+    demoted.state = DekState::DecryptOnly;
+    let demoted_version = store
+        .put_dek(demoted.clone(), PutMode::Update(k1.row_version))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_secret(at(1, 4), PutMode::Update(v), sealed_under(&k1))
+            .await,
+        Err(Error::KeyNotCurrent { .. })
+    ));
+    let mut destroyed = demoted;
+    destroyed.state = DekState::Destroyed;
+    destroyed.wrapped = WrappedDek::new(destroyed.wrapped.master_key_id().clone(), Vec::new());
+    store
+        .put_dek(destroyed.clone(), PutMode::Update(demoted_version))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_secret(at(1, 5), PutMode::Upsert, sealed_under(&destroyed))
+            .await,
+        Err(Error::KeyNotCurrent { .. })
+    ));
+    let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.metadata.row_version, stored.envelope),
+        (v, vec![2; 8]),
+        "no refused write changed the row"
+    );
+    // Unchecked writes look at no key.
+    store
+        .put_secret(at(9, 6), PutMode::Upsert, KeyCondition::Unchecked)
+        .await
+        .unwrap();
+
+    // Batches, of updates of distinct rows (the multi-row path) and mixed: each row is
+    // checked against its own key.
+    let names: Vec<SecretName> = (0..6).map(|i| name(&format!("b{i}"))).collect();
+    let mut current = Vec::new();
+    for n in &names {
+        let mut r = secret_record(&t, n, vec![0; 8]);
+        r.metadata.dek_version = DekVersion::new(2).unwrap();
+        current.push(
+            store
+                .put_secret(r, PutMode::Create, sealed_under(&k2))
+                .await
+                .unwrap(),
+        );
+    }
+    let batch: Vec<_> = names
+        .iter()
+        .zip(&current)
+        .enumerate()
+        .map(|(i, (n, v))| {
+            let mut r = secret_record(&t, n, vec![1; 8]);
+            r.metadata.dek_version = DekVersion::new(2).unwrap();
+            let key = if i == 4 {
+                sealed_under(&k1)
+            } else {
+                sealed_under(&k2)
+            };
+            (r, PutMode::Update(*v), key)
+        })
+        .collect();
+    let results = store.put_secrets(batch).await.unwrap();
+    for (i, (result, n)) in results.iter().zip(&names).enumerate() {
+        let stored = store.get_secret(&t, n).await.unwrap().unwrap();
+        if i == 4 {
+            assert!(
+                matches!(result, Err(Error::KeyNotCurrent { .. })),
+                "{result:?}"
+            );
+            assert_eq!(stored.envelope, vec![0; 8]);
+        } else {
+            assert_eq!(result.as_ref().unwrap(), &stored.metadata.row_version);
+            assert_eq!(stored.envelope, vec![1; 8]);
+        }
+    }
+}
+
 pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
     let t = unique_tenant("delete");
     let n = name("k");
@@ -457,7 +652,11 @@ pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
             .unwrap()
     );
     let v = store
-        .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &n, vec![1]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -471,7 +670,11 @@ pub async fn delete_honours_the_expected_version(store: Arc<dyn Store>) {
     assert!(store.delete_secret(&t, &n, Some(v)).await.unwrap());
     assert!(store.get_secret(&t, &n).await.unwrap().is_none());
     store
-        .put_secret(secret_record(&t, &n, vec![1]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &n, vec![1]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     assert!(store.delete_secret(&t, &n, None).await.unwrap());
@@ -498,7 +701,11 @@ pub async fn adversarial_ids_never_collide(store: Arc<dyn Store>) {
     ];
     for (i, (t, n)) in pairs.iter().enumerate() {
         store
-            .put_secret(secret_record(t, n, vec![i as u8]), PutMode::Create)
+            .put_secret(
+                secret_record(t, n, vec![i as u8]),
+                PutMode::Create,
+                KeyCondition::Unchecked,
+            )
             .await
             .unwrap();
     }
@@ -540,7 +747,11 @@ pub async fn paging_with(store: Arc<dyn Store>, count: usize, page: usize) {
     for i in 0..count {
         let n = name(&format!("s{:x}-{}", i * 7919 % count, i % 3));
         store
-            .put_secret(secret_record(&t, &n, vec![1]), PutMode::Upsert)
+            .put_secret(
+                secret_record(&t, &n, vec![1]),
+                PutMode::Upsert,
+                KeyCondition::Unchecked,
+            )
             .await
             .unwrap();
         expected.insert(n);
@@ -581,7 +792,11 @@ pub async fn tenants_are_listed_once_in_order(store: Arc<dyn Store>) {
     // A tenant with secrets but no data key is not a tenant.
     let orphan = unique_tenant("orphan");
     store
-        .put_secret(secret_record(&orphan, &name("x"), vec![1]), PutMode::Create)
+        .put_secret(
+            secret_record(&orphan, &name("x"), vec![1]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -616,6 +831,7 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
         .put_secret(
             secret_record(&t, &n, 0u64.to_be_bytes().to_vec()),
             PutMode::Create,
+            KeyCondition::Unchecked,
         )
         .await
         .unwrap();
@@ -630,7 +846,11 @@ pub async fn concurrent_conditional_writers_lose_no_update(store: Arc<dyn Store>
                     let value = u64::from_be_bytes(current.envelope.as_slice().try_into().unwrap());
                     let next = secret_record(&t, &n, (value + 1).to_be_bytes().to_vec());
                     match store
-                        .put_secret(next, PutMode::Update(current.metadata.row_version))
+                        .put_secret(
+                            next,
+                            PutMode::Update(current.metadata.row_version),
+                            KeyCondition::Unchecked,
+                        )
                         .await
                     {
                         Ok(v) => {
@@ -697,7 +917,11 @@ pub async fn racing_deletes_of_one_record_all_succeed_once(store: Arc<dyn Store>
     for round in 0..10u8 {
         let n = name(&format!("r{round}"));
         let version = store
-            .put_secret(secret_record(&t, &n, vec![round]), PutMode::Create)
+            .put_secret(
+                secret_record(&t, &n, vec![round]),
+                PutMode::Create,
+                KeyCondition::Unchecked,
+            )
             .await
             .unwrap();
         let dek_version = store
@@ -777,7 +1001,10 @@ pub async fn listing_secrets_not_under_a_version_returns_whole_records(store: Ar
     for i in 0..30u8 {
         let mut r = secret_record(&t, &name(&format!("s{i:02}")), vec![i; 3]);
         r.metadata.dek_version = DekVersion::new(u32::from(i % 3) + 1).unwrap();
-        store.put_secret(r, PutMode::Create).await.unwrap();
+        store
+            .put_secret(r, PutMode::Create, KeyCondition::Unchecked)
+            .await
+            .unwrap();
     }
     let v2 = DekVersion::new(2).unwrap();
     let mut seen = Vec::new();
@@ -808,11 +1035,19 @@ pub async fn listing_secrets_not_under_a_version_returns_whole_records(store: Ar
 pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store>) {
     let t = unique_tenant("batch");
     let a1 = store
-        .put_secret(secret_record(&t, &name("a"), vec![1]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &name("a"), vec![1]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     store
-        .put_secret(secret_record(&t, &name("b"), vec![1]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &name("b"), vec![1]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     let (a2, c1) = (
@@ -821,7 +1056,7 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
     );
     let (a2_version, c1_version) = (a2.metadata.row_version, c1.metadata.row_version);
     let results = store
-        .put_secrets(vec![
+        .put_secrets(unchecked(vec![
             (a2, PutMode::Update(a1)),
             (
                 secret_record(&t, &name("b"), vec![2]),
@@ -829,7 +1064,7 @@ pub async fn batched_writes_apply_each_condition_separately(store: Arc<dyn Store
             ),
             (c1, PutMode::Create),
             (secret_record(&t, &name("a"), vec![3]), PutMode::Create),
-        ])
+        ]))
         .await
         .unwrap();
     assert_eq!(results.len(), 4);
@@ -909,13 +1144,17 @@ async fn seed_rows(store: &dyn Store, t: &TenantId, names: &[SecretName]) -> Vec
         .map(|n| (secret_record(t, n, vec![1]), PutMode::Create))
         .collect();
     let carried: Vec<RowVersion> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
-    let created = store.put_secrets(batch).await.unwrap();
+    let created = store.put_secrets(unchecked(batch)).await.unwrap();
     let mut current: Vec<RowVersion> = created.into_iter().map(Result::unwrap).collect();
     assert_eq!(current, carried);
     // Every fifth row is one version ahead.
     for (n, v) in names.iter().zip(&mut current).step_by(5) {
         *v = store
-            .put_secret(secret_record(t, n, vec![1]), PutMode::Update(*v))
+            .put_secret(
+                secret_record(t, n, vec![1]),
+                PutMode::Update(*v),
+                KeyCondition::Unchecked,
+            )
             .await
             .unwrap();
     }
@@ -975,7 +1214,7 @@ async fn large_secret_batch(
     }
     let len = batch.len();
     let carried: Vec<RowVersion> = batch.iter().map(|(r, _)| r.metadata.row_version).collect();
-    let results = store.put_secrets(batch).await.unwrap();
+    let results = store.put_secrets(unchecked(batch)).await.unwrap();
     assert_eq!(results.len(), len);
     for (i, n) in names.iter().enumerate() {
         let stored = store.get_secret(&t, n).await.unwrap().unwrap();
@@ -1132,7 +1371,11 @@ pub async fn a_closed_store_refuses_every_operation_as_unavailable(store: Arc<dy
         .await
         .unwrap();
     store
-        .put_secret(secret_record(&t, &n, vec![1; 40]), PutMode::Create)
+        .put_secret(
+            secret_record(&t, &n, vec![1; 40]),
+            PutMode::Create,
+            KeyCondition::Unchecked,
+        )
         .await
         .unwrap();
     // A scan before the close, so that a backend with connections of its own for scans
@@ -1154,7 +1397,11 @@ pub async fn a_closed_store_refuses_every_operation_as_unavailable(store: Arc<dy
     refused("get_secret", store.get_secret(&t, &n)).await;
     refused(
         "put_secret",
-        store.put_secret(secret_record(&t, &name("t"), vec![2; 40]), PutMode::Upsert),
+        store.put_secret(
+            secret_record(&t, &name("t"), vec![2; 40]),
+            PutMode::Upsert,
+            KeyCondition::Unchecked,
+        ),
     )
     .await;
     refused("delete_secret", store.delete_secret(&t, &n, None)).await;
@@ -1187,7 +1434,10 @@ pub async fn a_closed_store_refuses_every_operation_as_unavailable(store: Arc<dy
     refused("count_deks_by_master_key", store.count_deks_by_master_key()).await;
     refused(
         "put_secrets",
-        store.put_secrets(vec![(secret_record(&t, &n, vec![3; 40]), PutMode::Upsert)]),
+        store.put_secrets(unchecked(vec![(
+            secret_record(&t, &n, vec![3; 40]),
+            PutMode::Upsert,
+        )])),
     )
     .await;
     refused(
@@ -1218,7 +1468,11 @@ pub async fn closing_during_operations_neither_hangs_nor_fails_them_otherwise(
             let mut outcomes = Vec::new();
             for round in 0..20u8 {
                 let write = store
-                    .put_secret(secret_record(&t, &n, vec![round; 40]), PutMode::Upsert)
+                    .put_secret(
+                        secret_record(&t, &n, vec![round; 40]),
+                        PutMode::Upsert,
+                        KeyCondition::Unchecked,
+                    )
                     .await
                     .map(drop);
                 let read = store.get_secret(&t, &n).await.map(drop);
@@ -1354,6 +1608,7 @@ pub async fn scanning_secrets_visits_each_record_once_in_order(store: Arc<dyn St
                 .put_secret(
                     secret_record(t, &name(&format!("n{i}")), vec![i]),
                     PutMode::Create,
+                    KeyCondition::Unchecked,
                 )
                 .await
                 .unwrap();
@@ -1402,7 +1657,10 @@ pub async fn grouped_counts_page_through_every_tenant_and_version(store: Arc<dyn
             for j in 0..count {
                 let mut r = secret_record(t, &name(&format!("v{v}-{j}")), vec![1]);
                 r.metadata.dek_version = DekVersion::new(v).unwrap();
-                store.put_secret(r, PutMode::Create).await.unwrap();
+                store
+                    .put_secret(r, PutMode::Create, KeyCondition::Unchecked)
+                    .await
+                    .unwrap();
             }
             if count > 0 {
                 expected.push((t.clone(), DekVersion::new(v).unwrap(), u64::from(count)));
@@ -1492,7 +1750,10 @@ pub async fn reencryption_count_matches_the_records(store: Arc<dyn Store>) {
             for j in 0..n {
                 let mut r = secret_record(&t, &name(&format!("v{version}-{j}")), vec![1]);
                 r.metadata.dek_version = DekVersion::new(version).unwrap();
-                store.put_secret(r, PutMode::Create).await.unwrap();
+                store
+                    .put_secret(r, PutMode::Create, KeyCondition::Unchecked)
+                    .await
+                    .unwrap();
             }
         }
     };
@@ -1604,6 +1865,7 @@ macro_rules! store_conformance_tests {
             secret_records_round_trip_exactly,
             row_versions_outside_the_stored_range_are_refused,
             a_recreated_record_refuses_every_stale_expectation,
+            secret_writes_check_the_key_they_were_sealed_under,
             delete_honours_the_expected_version,
             adversarial_ids_never_collide,
             paging_has_no_gaps_or_duplicates,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 
@@ -137,8 +137,13 @@ impl Store for FaultyStore {
         self.inner.get_secret(tenant, name).await
     }
 
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        self.write(self.inner.put_secret(record, mode)).await
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
+        self.write(self.inner.put_secret(record, mode, key)).await
     }
 
     async fn delete_secret(

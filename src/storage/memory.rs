@@ -12,7 +12,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
+use super::{DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use crate::secret::SecretKind;
@@ -134,6 +134,7 @@ impl MemoryStore {
         &self,
         row: SecretWrite<'_>,
         mode: PutMode,
+        key: &KeyCondition,
     ) -> Result<RowVersion, Error> {
         let SecretWrite {
             tenant,
@@ -146,6 +147,15 @@ impl MemoryStore {
             envelope,
         } = row;
         let mut inner = self.write()?;
+        let dek = inner
+            .deks
+            .get(tenant.as_str())
+            .and_then(|versions| versions.get(&dek_version));
+        if !key.holds(dek) {
+            return Err(Error::KeyNotCurrent {
+                version: dek_version,
+            });
+        }
         if let Some(existing) = inner
             .secrets
             .get_mut(tenant.as_str())
@@ -294,7 +304,12 @@ impl Store for MemoryStore {
         self.read_secret(tenant.as_str(), name.as_str(), SecretRecord::clone)
     }
 
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
         let SecretRecord { metadata, envelope } = record;
         self.write_secret(
             SecretWrite {
@@ -308,6 +323,7 @@ impl Store for MemoryStore {
                 envelope,
             },
             mode,
+            &key,
         )
     }
 

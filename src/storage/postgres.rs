@@ -27,7 +27,10 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
-use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
+use super::{
+    DekRecord, DekState, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store,
+    keep_conditional,
+};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use sql::Statements;
@@ -381,14 +384,20 @@ async fn write_dek(
     written_version(written, mode, what)
 }
 
-/// One conditional secret write on `conn`.
+/// One conditional secret write on `conn`, with its key condition in the same statement.
 async fn write_secret(
     conn: &mut PgConnection,
     sql: &Statements,
     record: SecretRecord,
     mode: PutMode,
+    key: &KeyCondition,
 ) -> Result<RowVersion, Error> {
     let row = MetaRow::from_metadata(&record.metadata)?;
+    let sealed: Option<&[u8]> = match key {
+        KeyCondition::SealedUnder(wrapped) => Some(wrapped),
+        KeyCondition::Unchecked => None,
+    };
+    let (tenant, version) = (row.tenant.clone(), row.dek_version);
     let query = match mode {
         PutMode::Create | PutMode::Upsert => {
             let statement = if mode == PutMode::Create {
@@ -405,6 +414,7 @@ async fn write_secret(
                 .bind(row.created_at)
                 .bind(row.updated_at)
                 .bind(row.row_version)
+                .bind(sealed)
         }
         PutMode::Update(expected) => sqlx::query(sql.update_secret.clone())
             .bind(row.tenant)
@@ -414,7 +424,8 @@ async fn write_secret(
             .bind(record.envelope)
             .bind(row.updated_at)
             .bind(to_sql_u64(expected.0, "row version")?)
-            .bind(row.row_version),
+            .bind(row.row_version)
+            .bind(sealed),
     };
     let written: Option<i64> = query
         .fetch_optional(&mut *conn)
@@ -423,6 +434,22 @@ async fn write_secret(
         .map(|r| r.try_get(0))
         .transpose()
         .map_err(map_err)?;
+    if written.is_none()
+        && let Some(wrapped) = sealed
+    {
+        let current: bool = sqlx::query_scalar(sql.key_current.clone())
+            .bind(&tenant)
+            .bind(version)
+            .bind(wrapped)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if !current {
+            return Err(Error::KeyNotCurrent {
+                version: record.metadata.dek_version,
+            });
+        }
+    }
     written_version(written, mode, "secret")
 }
 
@@ -497,9 +524,14 @@ impl Store for PostgresStore {
         row.as_ref().map(whole_secret).transpose()
     }
 
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        write_secret(&mut conn, &self.sql, record, mode).await
+        write_secret(&mut conn, &self.sql, record, mode, &key).await
     }
 
     async fn delete_secret(
@@ -722,27 +754,31 @@ impl Store for PostgresStore {
 
     async fn put_secrets(
         &self,
-        batch: Vec<(SecretRecord, PutMode)>,
+        batch: Vec<(SecretRecord, PutMode, KeyCondition)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-        // Key order, so that two batches over the same rows lock them in the same order.
+        // Key order, so that two batches over the same rows lock them in the same order
+        // (and the data-key rows their key conditions share-lock in tenant order, as a
+        // batch of data-key writes locks them).
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|&a, &b| {
             let key = |i: usize| {
                 batch
                     .get(i)
-                    .map(|(r, _)| (&r.metadata.tenant, &r.metadata.name))
+                    .map(|(r, _, _)| (&r.metadata.tenant, &r.metadata.name))
             };
             key(a).cmp(&key(b))
         });
-        let mut slots: Vec<Option<(SecretRecord, PutMode)>> = batch.into_iter().map(Some).collect();
+        let mut slots: Vec<Option<(SecretRecord, PutMode, KeyCondition)>> =
+            batch.into_iter().map(Some).collect();
         let mut results: Vec<Option<Result<RowVersion, Error>>> =
             std::iter::repeat_with(|| None).take(slots.len()).collect();
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         for i in order {
-            let Some((record, mode)) = slots.get_mut(i).and_then(Option::take) else {
+            let Some((record, mode, key)) = slots.get_mut(i).and_then(Option::take) else {
                 continue;
             };
-            let outcome = keep_conditional(write_secret(&mut tx, &self.sql, record, mode).await)?;
+            let outcome =
+                keep_conditional(write_secret(&mut tx, &self.sql, record, mode, &key).await)?;
             if let Some(slot) = results.get_mut(i) {
                 *slot = Some(outcome);
             }

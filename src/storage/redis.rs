@@ -25,7 +25,9 @@ use redis::{Cmd, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_row_version, to_sql_u64};
-use super::{DekRecord, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional};
+use super::{
+    DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional,
+};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use layout::{Layout, bound, dek_member, secret_member, tenant_range};
@@ -307,12 +309,22 @@ impl RedisStore {
         }
     }
 
-    fn put_secret_cmd(&self, record: &SecretRecord, mode: PutMode) -> Result<Cmd, Error> {
+    fn put_secret_cmd(
+        &self,
+        record: &SecretRecord,
+        mode: PutMode,
+        key: &KeyCondition,
+    ) -> Result<Cmd, Error> {
         let m = &record.metadata;
         let (mode_arg, expected) = mode_args(mode)?;
-        let mut cmd = evalsha(&self.scripts.put_secret, 2);
+        let (check, sealed): (&str, &[u8]) = match key {
+            KeyCondition::SealedUnder(wrapped) => ("k", wrapped),
+            KeyCondition::Unchecked => ("", b""),
+        };
+        let mut cmd = evalsha(&self.scripts.put_secret, 3);
         cmd.arg(self.layout.secret_key(&m.tenant, &m.name))
             .arg(&self.layout.secrets_index)
+            .arg(self.layout.dek_key(&m.tenant, m.dek_version))
             .arg(mode_arg)
             .arg(expected)
             .arg(secret_member(&m.tenant, &m.name))
@@ -321,7 +333,9 @@ impl RedisStore {
             .arg(&record.envelope)
             .arg(m.created_at.as_millis())
             .arg(m.updated_at.as_millis())
-            .arg(to_sql_row_version(m.row_version)?);
+            .arg(to_sql_row_version(m.row_version)?)
+            .arg(check)
+            .arg(sealed);
         Ok(cmd)
     }
 
@@ -501,16 +515,19 @@ fn page_reply(reply: Value) -> Result<Page, Error> {
 }
 
 /// The outcome of a conditional write script.
-/// What a write script's reply says of a write that stores row version `written`.
+/// What a write script's reply says of a write that stores row version `written` (of a
+/// secret sealed under data-key version `sealed`).
 fn write_outcome(
     reply: &Value,
     written: RowVersion,
+    sealed: Option<DekVersion>,
     what: &'static str,
 ) -> Result<RowVersion, Error> {
-    match reply {
-        Value::Int(1) => Ok(written),
-        Value::Int(-1) => Err(Error::AlreadyExists { what }),
-        Value::Int(-2) => Err(Error::Conflict { what }),
+    match (reply, sealed) {
+        (Value::Int(1), _) => Ok(written),
+        (Value::Int(-1), _) => Err(Error::AlreadyExists { what }),
+        (Value::Int(-2), _) => Err(Error::Conflict { what }),
+        (Value::Int(-4), Some(version)) => Err(Error::KeyNotCurrent { version }),
         _ => Err(Error::storage(BACKEND, "unexpected script reply")),
     }
 }
@@ -651,7 +668,7 @@ impl Store for RedisStore {
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let cmd = self.put_dek_cmd(&record, mode)?;
         let reply = self.eval(&self.scripts.put_dek, &cmd).await?;
-        write_outcome(&reply, record.row_version, "data key")
+        write_outcome(&reply, record.row_version, None, "data key")
     }
 
     async fn get_secret(
@@ -677,10 +694,16 @@ impl Store for RedisStore {
         }
     }
 
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
-        let cmd = self.put_secret_cmd(&record, mode)?;
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
+        let cmd = self.put_secret_cmd(&record, mode, &key)?;
         let reply = self.eval(&self.scripts.put_secret, &cmd).await?;
-        write_outcome(&reply, record.metadata.row_version, "secret")
+        let m = &record.metadata;
+        write_outcome(&reply, m.row_version, Some(m.dek_version), "secret")
     }
 
     async fn delete_secret(
@@ -814,18 +837,29 @@ impl Store for RedisStore {
 
     async fn put_secrets(
         &self,
-        batch: Vec<(SecretRecord, PutMode)>,
+        batch: Vec<(SecretRecord, PutMode, KeyCondition)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
         let calls = batch
             .iter()
-            .map(|(r, mode)| Ok((&self.scripts.put_secret, self.put_secret_cmd(r, *mode)?)))
+            .map(|(r, mode, key)| {
+                Ok((
+                    &self.scripts.put_secret,
+                    self.put_secret_cmd(r, *mode, key)?,
+                ))
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         let replies = self.eval_many(calls).await?;
         replies
             .iter()
             .zip(&batch)
-            .map(|(r, (record, _))| {
-                keep_conditional(write_outcome(r, record.metadata.row_version, "secret"))
+            .map(|(r, (record, _, _))| {
+                let m = &record.metadata;
+                keep_conditional(write_outcome(
+                    r,
+                    m.row_version,
+                    Some(m.dek_version),
+                    "secret",
+                ))
             })
             .collect()
     }
@@ -843,7 +877,7 @@ impl Store for RedisStore {
             .iter()
             .zip(&batch)
             .map(|(r, (record, _))| {
-                keep_conditional(write_outcome(r, record.row_version, "data key"))
+                keep_conditional(write_outcome(r, record.row_version, None, "data key"))
             })
             .collect()
     }

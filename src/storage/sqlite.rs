@@ -36,7 +36,7 @@ mod bulk;
 mod gate;
 
 use super::rows::{DekRow, MetaRow, lite, secret_record, sql as columns, to_sql_u64};
-use super::{DekRecord, DekState, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{DekRecord, DekState, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use bulk::BulkReader;
@@ -527,82 +527,137 @@ async fn write_dek(
     }
 }
 
-/// One conditional secret write on `conn`.
+/// The key condition of a secret write, as a SQL predicate over the written row's tenant
+/// (the expression `$tenant`): it binds the sealing key's wrapped bytes (`NULL` for
+/// [`KeyCondition::Unchecked`]), the written data-key version, and the wrapped bytes again.
+/// (The version is bound, not read from the row: in an `UPDATE` the row's column still
+/// holds the version it is being moved away from.)
+macro_rules! key_condition {
+    ($tenant:literal) => {
+        concat!(
+            "(? IS NULL OR EXISTS (SELECT 1 FROM credvault_deks d WHERE d.tenant = ",
+            $tenant,
+            " AND d.version = ? AND d.state = 1 AND d.wrapped = ?))"
+        )
+    };
+}
+
+/// The source row of a secret insert: the bound values under their column names, so that
+/// the key condition can name them.
+macro_rules! secret_source {
+    () => {
+        "SELECT * FROM (SELECT ? AS tenant, ? AS name, ? AS kind, ? AS dek_version, ? AS envelope,
+           ? AS created_at, ? AS updated_at, ? AS row_version) AS v WHERE "
+    };
+}
+
+/// The sealing key's wrapped bytes of a key condition, or `None` for none.
+fn sealed_under(key: &KeyCondition) -> Option<&[u8]> {
+    match key {
+        KeyCondition::SealedUnder(wrapped) => Some(wrapped),
+        KeyCondition::Unchecked => None,
+    }
+}
+
+/// Whether `key` holds for the secret of `tenant` under data-key `version`: why a secret
+/// write that wrote nothing failed.
+async fn key_holds(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    version: i64,
+    key: &KeyCondition,
+) -> Result<bool, Error> {
+    let Some(wrapped) = sealed_under(key) else {
+        return Ok(true);
+    };
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM credvault_deks
+           WHERE tenant = ? AND version = ? AND state = 1 AND wrapped = ?)",
+    )
+    .bind(tenant)
+    .bind(version)
+    .bind(wrapped)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)
+}
+
+/// One conditional secret write on `conn`, with its key condition in the same statement.
 async fn write_secret(
     conn: &mut SqliteConnection,
     record: SecretRecord,
     mode: PutMode,
+    key: &KeyCondition,
 ) -> Result<RowVersion, Error> {
     let row = MetaRow::from_metadata(&record.metadata)?;
     let stored = record.metadata.row_version;
+    let (tenant, version) = (row.tenant.clone(), row.dek_version);
+    let sealed = sealed_under(key);
     let envelope = record.envelope;
     let what = "secret";
-    let written = match mode {
-        PutMode::Create => {
-            let done = sqlx::query(
-                "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, name) DO NOTHING",
-            )
-            .bind(row.tenant)
-            .bind(row.name)
+    let insert = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(row.tenant.clone())
+            .bind(row.name.clone())
             .bind(row.kind)
             .bind(row.dek_version)
-            .bind(envelope)
+            .bind(envelope.clone())
             .bind(row.created_at)
             .bind(row.updated_at)
             .bind(row.row_version)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            if done.rows_affected() != 1 {
-                return Err(Error::AlreadyExists { what });
-            }
-            true
-        }
-        PutMode::Update(expected) => sqlx::query(
+            .bind(sealed)
+            .bind(row.dek_version)
+            .bind(sealed)
+    };
+    let written = match mode {
+        PutMode::Create => insert(concat!(
+            "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version) ",
+            secret_source!(),
+            key_condition!("v.tenant"),
+            " ON CONFLICT (tenant, name) DO NOTHING"
+        )),
+        PutMode::Update(expected) => sqlx::query(concat!(
             "UPDATE credvault_secrets SET kind = ?, dek_version = ?, envelope = ?, updated_at = ?, row_version = ?
-             WHERE tenant = ? AND name = ? AND row_version = ?",
-        )
+             WHERE tenant = ? AND name = ? AND row_version = ? AND ",
+            key_condition!("credvault_secrets.tenant")
+        ))
         .bind(row.kind)
         .bind(row.dek_version)
-        .bind(envelope)
+        .bind(envelope.clone())
         .bind(row.updated_at)
         .bind(row.row_version)
-        .bind(row.tenant)
-        .bind(row.name)
+        .bind(row.tenant.clone())
+        .bind(row.name.clone())
         .bind(to_sql_u64(expected.0, "row version")?)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?
-        .rows_affected()
-            == 1,
-        PutMode::Upsert => {
-            sqlx::query(
-                "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
-                   envelope = excluded.envelope, updated_at = excluded.updated_at,
-                   row_version = excluded.row_version",
-            )
-            .bind(row.tenant)
-            .bind(row.name)
-            .bind(row.kind)
-            .bind(row.dek_version)
-            .bind(envelope)
-            .bind(row.created_at)
-            .bind(row.updated_at)
-            .bind(row.row_version)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            true
-        }
-    };
-    if written {
-        Ok(stored)
-    } else {
-        Err(Error::Conflict { what })
+        .bind(sealed)
+        .bind(row.dek_version)
+        .bind(sealed),
+        PutMode::Upsert => insert(concat!(
+            "INSERT INTO credvault_secrets (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version) ",
+            secret_source!(),
+            key_condition!("v.tenant"),
+            " ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, dek_version = excluded.dek_version,
+               envelope = excluded.envelope, updated_at = excluded.updated_at,
+               row_version = excluded.row_version"
+        )),
     }
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .rows_affected()
+        == 1;
+    if written {
+        return Ok(stored);
+    }
+    if !key_holds(conn, &tenant, version, key).await? {
+        return Err(Error::KeyNotCurrent {
+            version: record.metadata.dek_version,
+        });
+    }
+    Err(match mode {
+        PutMode::Create => Error::AlreadyExists { what },
+        PutMode::Update(_) | PutMode::Upsert => Error::Conflict { what },
+    })
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
@@ -708,10 +763,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn put_secret(&self, record: SecretRecord, mode: PutMode) -> Result<RowVersion, Error> {
+    async fn put_secret(
+        &self,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
         let _turn = self.writes.enter().await?;
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        write_secret(&mut conn, record, mode).await
+        write_secret(&mut conn, record, mode, &key).await
     }
 
     async fn delete_secret(
@@ -1026,8 +1086,12 @@ impl Store for SqliteStore {
 
     async fn put_secrets(
         &self,
-        batch: Vec<(SecretRecord, PutMode)>,
+        batch: Vec<(SecretRecord, PutMode, KeyCondition)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let batch = batch
+            .into_iter()
+            .map(|(record, mode, key)| (batch::SealedSecret { record, key }, mode))
+            .collect();
         let _turn = self.writes.enter().await?;
         batch::write(&self.pool, batch).await
     }

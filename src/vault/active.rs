@@ -294,13 +294,13 @@ impl Inner {
         let limit = |suite| self.config.max_encryptions(suite);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let version = active.version;
-            let record = self
-                .store
-                .get_dek(tenant, version)
-                .await?
-                .ok_or(Error::KeyMissing { version })?;
-            // Demoted, destroyed, or replaced by another key under the same version (a
-            // deleted and re-created tenant): this entry must not seal any more.
+            // Gone (the tenant deleted since), demoted, destroyed, or replaced by another key
+            // under the same version (a deleted and re-created tenant): this entry must not
+            // seal any more, and the caller looks the active key up again (which mints
+            // nothing: a tenant without an active key is `TenantNotFound`).
+            let Some(record) = self.store.get_dek(tenant, version).await? else {
+                return Ok(false);
+            };
             if record.state != DekState::Active || *record.wrapped.as_bytes() != *active.dek.wrapped
             {
                 return Ok(false);

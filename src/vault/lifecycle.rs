@@ -101,10 +101,17 @@ impl Vault {
     }
 
     /// Destroys every non-active data-key version of `tenant` that no secret references and
-    /// that has not changed for `grace` (which must exceed the active-key TTL of every
-    /// process sharing the store, so that no writer still encrypts under it). The wrapped
-    /// key bytes are erased; the record stays as a tombstone. Returns the versions
-    /// destroyed.
+    /// that has not changed for `grace`. The wrapped key bytes are erased; the record stays
+    /// as a tombstone. Returns the versions destroyed.
+    ///
+    /// Destruction is safe whatever the grace, zero included: the versions are chosen
+    /// among those already not active *before* their secrets are counted, and a store
+    /// accepts a secret sealed under a key only while that key is active
+    /// ([`crate::storage::KeyCondition`]), so no writer, however stale its view, can add a
+    /// secret under a version between its count and its destruction. (A writer that still
+    /// holds the key is refused and seals again under the current key.) The grace only
+    /// keeps a recently demoted key for a while, for example to re-encrypt rows restored
+    /// from a backup taken just before.
     ///
     /// # Errors
     /// A storage error.
@@ -113,28 +120,56 @@ impl Vault {
         tenant: &TenantId,
         grace: Duration,
     ) -> Result<Vec<DekVersion>, Error> {
-        let counts = self.inner.secrets_per_version(tenant).await?;
+        let inner = &self.inner;
         let cutoff = Timestamp::now()
             .as_millis()
             .saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
-        let destroyed = self
-            .inner
-            .destroy_where(tenant, |r| {
+        // 1. The candidates, as they are before the count.
+        let candidates: Vec<DekRecord> = inner
+            .store
+            .list_deks(tenant)
+            .await?
+            .into_iter()
+            .filter(|r| {
                 matches!(
                     r.state,
                     DekState::DecryptOnly | DekState::Retired | DekState::Compromised
-                ) && counts.get(&r.version).copied().unwrap_or(0) == 0
-                    && r.updated_at.as_millis() <= cutoff
+                ) && r.updated_at.as_millis() <= cutoff
             })
-            .await?;
-        // A writer with a stale view may have sealed a secret under a key destroyed above.
-        // The grace period makes that impossible for well-configured fleets; say so if not.
-        let after = self.inner.secrets_per_version(tenant).await?;
+            .collect();
+        // 2. Their secrets, counted after: a version not active can only lose secrets.
+        let counts = inner.secrets_per_version(tenant).await?;
+        // 3. Each unused one destroyed, if its record is still the one read in step 1.
+        let mut destroyed = Vec::new();
+        for record in candidates {
+            if counts.get(&record.version).copied().unwrap_or(0) > 0 {
+                continue;
+            }
+            let version = record.version;
+            let expected = record.row_version;
+            match inner
+                .put_dek(tombstone(record), PutMode::Update(expected))
+                .await
+            {
+                Ok(_) => {
+                    inner.deks.remove(tenant, version);
+                    tracing::info!(tenant = %tenant, dek_version = version.get(), "data key destroyed");
+                    destroyed.push(version);
+                }
+                // Changed since step 1 (another job got there, or it was re-marked): left
+                // for the next call.
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Only a writer that bypasses the key condition could have sealed a secret under a
+        // key destroyed above; say so if one did.
+        let after = inner.secrets_per_version(tenant).await?;
         if destroyed
             .iter()
             .any(|v| after.get(v).copied().unwrap_or(0) > 0)
         {
-            tracing::error!(tenant = %tenant, "a secret was written under a data key while it was destroyed; raise the grace period");
+            tracing::error!(tenant = %tenant, "a secret was written under a data key while it was destroyed, by a writer that bypassed the key condition");
         }
         Ok(destroyed)
     }
@@ -276,10 +311,7 @@ impl Inner {
             .update_where(
                 tenant,
                 |r| r.state != DekState::Destroyed && select(r),
-                |r| {
-                    r.state = DekState::Destroyed;
-                    r.wrapped = WrappedDek::new(r.wrapped.master_key_id().clone(), Vec::new());
-                },
+                |r| *r = tombstone(r.clone()),
             )
             .await?;
         for version in &destroyed {
@@ -324,4 +356,12 @@ impl Inner {
         }
         Err(Error::Conflict { what: "data key" })
     }
+}
+
+/// `record` destroyed: state [`DekState::Destroyed`], wrapped bytes erased.
+fn tombstone(mut record: DekRecord) -> DekRecord {
+    record.state = DekState::Destroyed;
+    record.updated_at = Timestamp::now();
+    record.wrapped = WrappedDek::new(record.wrapped.master_key_id().clone(), Vec::new());
+    record
 }

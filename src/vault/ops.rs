@@ -1,13 +1,21 @@
 //! The vault's operations on tenants and secrets.
 
+use std::sync::Arc;
+
+use super::active::ActiveDek;
 use super::{TenantCreation, Vault};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use crate::secret::{Secret, SecretKind};
 use crate::storage::{
-    DekState, MemoryStore, PutMode, SecretMetadata, SecretRecord, SecretWrite, Timestamp,
+    DekState, KeyCondition, MemoryStore, PutMode, SecretMetadata, SecretRecord, SecretWrite,
+    Timestamp,
 };
+
+/// How many times a write seals again after its key turned out not to be current, before
+/// it reports [`Error::KeyNotCurrent`].
+const MAX_KEY_RETRIES: usize = 8;
 
 /// Envelopes up to this length (secrets up to about 340 bytes) are copied out of a
 /// [`MemoryStore`] onto the stack for decryption; longer ones into a heap buffer.
@@ -185,10 +193,40 @@ impl Vault {
                 limit: inner.config.max_secret_size,
             });
         }
-        let active = match inner.active.take_fresh(tenant) {
-            Some(active) => active,
-            None => inner.reserve_encryption(tenant).await?,
-        };
+        let mut attempts = 0;
+        loop {
+            let active = match inner.active.take_fresh(tenant) {
+                Some(active) => active,
+                None => inner.reserve_encryption(tenant).await?,
+            };
+            match self
+                .seal_and_write(tenant, name, secret, mode, &active)
+                .await
+            {
+                // This process's view of the tenant's key was stale (another instance
+                // rotated, demoted or destroyed it, rewrapped it, or deleted and re-created
+                // the tenant): nothing was written. Seal again under the current key.
+                Err(Error::KeyNotCurrent { version }) if attempts < MAX_KEY_RETRIES => {
+                    attempts += 1;
+                    inner.active.forget(tenant, &active);
+                    tracing::debug!(tenant = %tenant, dek_version = version.get(), "the data key changed under a write; sealing again");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Seals `secret` under `active` and writes it, conditional on `active` still being the
+    /// tenant's current key when the write lands.
+    async fn seal_and_write<S: Secret>(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        secret: &S,
+        mode: PutMode,
+        active: &ActiveDek,
+    ) -> Result<RowVersion, Error> {
+        let inner = &self.inner;
         let ctx = SecretContext { tenant, name };
         let sealed = envelope::seal(
             &active.dek.cipher,
@@ -199,7 +237,7 @@ impl Vault {
         )?;
         let now = Timestamp::now();
         let dek_version = active.version;
-        drop(active);
+        let key = KeyCondition::SealedUnder(Arc::clone(&active.dek.wrapped));
         let row_version = if let Some(memory) = &inner.memory {
             memory.write_secret(
                 SecretWrite {
@@ -213,6 +251,7 @@ impl Vault {
                     envelope: sealed,
                 },
                 mode,
+                &key,
             )?
         } else {
             let record = SecretRecord {
@@ -228,7 +267,7 @@ impl Vault {
                 },
                 envelope: sealed,
             };
-            inner.put_secret(record, mode).await?
+            inner.put_secret(record, mode, key).await?
         };
         tracing::debug!(tenant = %tenant, name = %name, dek_version = dek_version.get(), "secret stored");
         Ok(row_version)
@@ -366,12 +405,34 @@ impl Vault {
                 requested: S::KIND,
             });
         }
-        let dek = inner
+        let loaded = inner
             .deks
             .get_or_load(tenant, version, || {
                 inner.unwrap_record(tenant, version, None)
             })
-            .await?;
+            .await;
+        let dek = match loaded {
+            Ok(dek) => dek,
+            Err(
+                e @ (Error::KeyDestroyed { .. }
+                | Error::KeyRetired { .. }
+                | Error::KeyMissing { .. }),
+            ) if retry_stale_key => {
+                // Between the row read above and the key read, a re-encryption may have
+                // moved the row to a newer key and the old key been destroyed, or a deletion
+                // of the tenant removed the row and then the key: look at the row again.
+                let Some(now) = inner.store.get_secret(tenant, name).await? else {
+                    return Err(Error::NotFound);
+                };
+                let moved =
+                    EnvelopeRef::parse(&now.envelope).is_ok_and(|p| p.dek_version() != version);
+                if moved {
+                    return Box::pin(self.read_store(tenant, name, false)).await;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if dek.suite != suite {
             return Err(Error::Decryption);
         }
@@ -417,10 +478,15 @@ impl Vault {
             Err(Error::TenantNotFound) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if active.version == metadata.dek_version {
+        // Forward only: a secret under a newer version than this process knows (its view is
+        // stale) stays where it is.
+        if active.version <= metadata.dek_version {
             return Ok(());
         }
         let active = inner.reserve_encryption(tenant).await?;
+        if active.version <= metadata.dek_version {
+            return Ok(());
+        }
         let ctx = SecretContext { tenant, name };
         let sealed = envelope::seal(
             &active.dek.cipher,
@@ -434,8 +500,9 @@ impl Vault {
             envelope: sealed,
         };
         record.metadata.dek_version = active.version;
+        let key = KeyCondition::SealedUnder(Arc::clone(&active.dek.wrapped));
         match inner
-            .put_secret(record, PutMode::Update(metadata.row_version))
+            .put_secret(record, PutMode::Update(metadata.row_version), key)
             .await
         {
             Ok(row_version) => {
@@ -446,6 +513,11 @@ impl Vault {
             }
             // A concurrent writer got there first; its value stands.
             Err(Error::Conflict { .. }) => Ok(()),
+            // The key changed since this process last looked: the next read moves it.
+            Err(Error::KeyNotCurrent { .. }) => {
+                inner.active.forget(tenant, &active);
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -516,6 +516,8 @@ impl Inner {
                             report.reencrypted += 1;
                             moved += 1;
                         }
+                        // A concurrent write won (its value stands), or the key changed
+                        // since the page was sealed (the next pass moves it).
                         Err(_) => report.skipped_concurrent_write += 1,
                     }
                 }
@@ -537,7 +539,7 @@ impl Inner {
         &self,
         tenant: &TenantId,
         record: SecretRecord,
-    ) -> Result<(SecretRecord, PutMode), (SecretName, Error)> {
+    ) -> Result<super::SealedWrite, (SecretName, Error)> {
         let name = record.metadata.name.clone();
         let version = record.metadata.dek_version;
         let old = self

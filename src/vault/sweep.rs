@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::Inner;
 use super::jobs::{JobFailure, ReencryptReport, beside, stops_the_job};
+use super::{Inner, SealedWrite};
 use crate::envelope::{self, EnvelopeRef, SecretContext};
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, SecretName, TenantId};
 use crate::keys::CachedDek;
-use crate::storage::{DekRecord, DekState, PutMode, SecretRecord, Timestamp};
+use crate::storage::{DekRecord, DekState, KeyCondition, PutMode, SecretRecord, Timestamp};
 
 /// One tenant's share of the scan: its data keys and a bounded chunk of its secrets (a
 /// tenant with more secrets than a page comes in several chunks).
@@ -147,7 +147,7 @@ struct Planned {
 /// A sealed round: its rows re-sealed and ready to write.
 struct Round {
     /// The round's rows, re-sealed, with the row versions they were read at.
-    writes: Vec<(SecretRecord, PutMode)>,
+    writes: Vec<SealedWrite>,
     /// Secrets planned to move (some may have failed to re-seal).
     moved: usize,
 }
@@ -382,7 +382,7 @@ impl Inner {
         chunks: Vec<(Chunk, Vec<Move>)>,
         granted: &BTreeSet<TenantId>,
         report: &mut ReencryptReport,
-    ) -> Result<Vec<(SecretRecord, PutMode)>, Error> {
+    ) -> Result<Vec<SealedWrite>, Error> {
         let mut writes = Vec::new();
         for (chunk, moves) in chunks {
             let tenant = &chunk.tenant;
@@ -408,20 +408,21 @@ impl Inner {
     }
 
     /// Writes a prepared round's rows in one batch of conditional writes.
-    async fn write_round(&self, writes: Vec<(SecretRecord, PutMode)>) -> Result<Written, Error> {
+    async fn write_round(&self, writes: Vec<SealedWrite>) -> Result<Written, Error> {
         let mut written = Written::default();
         if writes.is_empty() {
             return Ok(written);
         }
         let tenants: Vec<TenantId> = writes
             .iter()
-            .map(|(r, _)| r.metadata.tenant.clone())
+            .map(|(r, _, _)| r.metadata.tenant.clone())
             .collect();
         for (tenant, result) in tenants.into_iter().zip(self.put_secrets(writes).await?) {
             if result.is_ok() {
                 written.reencrypted += 1;
             } else {
-                // A concurrent write won; its value stands.
+                // A concurrent write won (its value stands), or the tenant's key changed
+                // since the round was sealed (the tenant is swept again).
                 written.skipped += 1;
                 written.conflicted.push(tenant);
             }
@@ -430,13 +431,14 @@ impl Inner {
     }
 
     /// Re-seals one row under `new` (whose encryptions were reserved in batch) or, without
-    /// it, under the tenant's active key through the ordinary reservation path.
+    /// it, under the tenant's active key through the ordinary reservation path: a write
+    /// conditional on the row version read and on that key still being current.
     pub(crate) async fn reseal(
         &self,
         tenant: &TenantId,
         m: Move,
         new: Option<&(Arc<CachedDek>, DekVersion)>,
-    ) -> Result<(SecretRecord, PutMode), Error> {
+    ) -> Result<SealedWrite, Error> {
         let Move { mut record, old } = m;
         let expected = record.metadata.row_version;
         let name = record.metadata.name.clone();
@@ -475,7 +477,8 @@ impl Inner {
             })?;
         record.metadata.dek_version = new_version;
         record.envelope = sealed;
-        Ok((record, PutMode::Update(expected)))
+        let key = KeyCondition::SealedUnder(Arc::clone(&cipher.wrapped));
+        Ok((record, PutMode::Update(expected), key))
     }
 }
 

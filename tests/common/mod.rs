@@ -158,7 +158,14 @@ pub(crate) async fn raw_secret(
 }
 
 pub(crate) async fn overwrite_secret(store: &Arc<dyn Store>, record: SecretRecord) {
-    store.put_secret(record, PutMode::Upsert).await.unwrap();
+    store
+        .put_secret(
+            record,
+            PutMode::Upsert,
+            credvault::storage::KeyCondition::Unchecked,
+        )
+        .await
+        .unwrap();
 }
 
 pub(crate) async fn overwrite_dek(store: &Arc<dyn Store>, record: DekRecord) {

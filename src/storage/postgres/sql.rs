@@ -56,6 +56,9 @@ pub(super) struct Statements {
     pub(super) update_secret: SqlStr,
     pub(super) upsert_secret: SqlStr,
     pub(super) delete_secret: SqlStr,
+    /// Whether a data key is still the one a secret write was sealed under (why a write
+    /// that wrote nothing failed).
+    pub(super) key_current: SqlStr,
     pub(super) secret_exists: SqlStr,
     pub(super) list_secrets: SqlStr,
     pub(super) scan_secrets: SqlStr,
@@ -118,6 +121,15 @@ impl Statements {
         let meta = format!("\"{schema}\".\"{prefix}schema\"");
         let envelope =
             format!("CASE WHEN octet_length(envelope) <= {MAX_STORED_ENVELOPE} THEN envelope END");
+        // A secret write's key condition ($9: the sealing key's wrapped bytes, NULL for
+        // none), over the written tenant ($1) and data-key version ($4). `FOR SHARE` makes
+        // it atomic with the write: a concurrent change of the key row (a demotion, a
+        // destruction, a rewrap) either waits for this write to commit, or commits first and
+        // is what the condition sees (read committed re-checks a locked row's new version).
+        let key_condition = format!(
+            "($9::BYTEA IS NULL OR EXISTS (SELECT 1 FROM {deks} d WHERE d.tenant = $1
+               AND d.version = $4 AND d.state = 1 AND d.wrapped = $9 FOR SHARE))"
+        );
         Ok(Self {
             lock_key: lock_key(schema, prefix),
             schema_lock_key: lock_key(schema, ""),
@@ -176,18 +188,18 @@ impl Statements {
             )),
             create_secret: sql(format!(
                 "INSERT INTO {secrets} (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {key_condition}
                  ON CONFLICT (tenant, name) DO NOTHING RETURNING row_version"
             )),
             update_secret: sql(format!(
                 "UPDATE {secrets} SET kind = $3, dek_version = $4, envelope = $5, updated_at = $6,
                    row_version = $8
-                 WHERE tenant = $1 AND name = $2 AND row_version = $7
+                 WHERE tenant = $1 AND name = $2 AND row_version = $7 AND {key_condition}
                  RETURNING row_version"
             )),
             upsert_secret: sql(format!(
                 "INSERT INTO {secrets} AS cur (tenant, name, kind, dek_version, envelope, created_at, updated_at, row_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {key_condition}
                  ON CONFLICT (tenant, name) DO UPDATE SET kind = EXCLUDED.kind,
                    dek_version = EXCLUDED.dek_version, envelope = EXCLUDED.envelope,
                    updated_at = EXCLUDED.updated_at, row_version = EXCLUDED.row_version
@@ -196,6 +208,10 @@ impl Statements {
             delete_secret: sql(format!(
                 "DELETE FROM {secrets} WHERE tenant = $1 AND name = $2
                    AND ($3::BIGINT IS NULL OR row_version = $3) RETURNING 1"
+            )),
+            key_current: sql(format!(
+                "SELECT EXISTS (SELECT 1 FROM {deks}
+                   WHERE tenant = $1 AND version = $2 AND state = 1 AND wrapped = $3)"
             )),
             secret_exists: sql(format!(
                 "SELECT EXISTS (SELECT 1 FROM {secrets} WHERE tenant = $1 AND name = $2)"

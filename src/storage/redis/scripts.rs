@@ -4,19 +4,27 @@
 //!
 //! Replies of the write scripts: `1` means the record was written (with the row version the
 //! caller passed) or deleted; `-1` means the record exists (a create lost); `-2` means the
-//! row version did not match (an update or a conditional delete lost); `0` (deletes only)
-//! means there was nothing to delete. Row versions are compared as the decimal strings
+//! row version did not match (an update or a conditional delete lost); `-4` means a secret
+//! write's key condition did not hold; `0` (deletes only) means there was nothing to
+//! delete. Row versions are compared as the decimal strings
 //! they are stored as, never as Lua numbers (which are exact only below 2^53).
 //!
 //! Every key a script touches shares the store's `{prefix}` hash tag, so all of them live
 //! in one hash slot.
 
-/// Writes a secret record. KEYS: record hash, secrets index. ARGV: mode (`c` create, `u`
-/// update, `s` upsert), expected row version, index member, kind, DEK version, envelope,
-/// created at, updated at, new row version.
+/// Writes a secret record. KEYS: record hash, secrets index, the hash of the data key it
+/// was sealed under. ARGV: mode (`c` create, `u` update, `s` upsert), expected row version,
+/// index member, kind, DEK version, envelope, created at, updated at, new row version, `k`
+/// when the key condition applies (`''` for none), the sealing key's wrapped bytes.
 ///
-/// An existing record is rewritten by one `HSET`, which keeps its creation time.
+/// The key condition: the data key is active (`st` 1) and holds exactly those wrapped
+/// bytes; otherwise `-4` and nothing is written. An existing record is rewritten by one
+/// `HSET`, which keeps its creation time.
 pub(super) const PUT_SECRET: &str = r"
+if ARGV[10] == 'k' then
+  local key = redis.call('HMGET', KEYS[3], 'st', 'w')
+  if key[1] ~= '1' or key[2] ~= ARGV[11] then return -4 end
+end
 local cur = redis.call('HGET', KEYS[1], 'r')
 local mode = ARGV[1]
 if cur then

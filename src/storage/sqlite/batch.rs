@@ -9,7 +9,8 @@
 //! statements of up to [`CHUNK`] rows, in one `BEGIN IMMEDIATE` transaction:
 //!
 //! - each source row names one stored row by its primary key and the row version it
-//!   expects, exactly as the one-row `UPDATE .. WHERE row_version = ?` does;
+//!   expects, and a secret's the data key it was sealed under, exactly as the one-row
+//!   `UPDATE .. WHERE row_version = ? AND ..` does;
 //! - when every statement updated all of its rows, every condition held: the batch
 //!   commits and each row has the row version its record carries;
 //! - when one did not, some condition failed: the transaction is rolled back and the
@@ -30,11 +31,11 @@ use std::sync::LazyLock;
 use sqlx::Arguments;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
 
-use super::{BACKEND, map_err, write_dek, write_secret};
+use super::{BACKEND, map_err, sealed_under, write_dek, write_secret};
 use crate::error::Error;
 use crate::ids::RowVersion;
 use crate::storage::rows::{to_sql_row_version, to_sql_u64};
-use crate::storage::{DekRecord, PutMode, SecretRecord, keep_conditional};
+use crate::storage::{DekRecord, KeyCondition, PutMode, SecretRecord, keep_conditional};
 
 /// The most rows one statement updates. At 10 bound values per data-key row this stays far
 /// below SQLite's limit on bound parameters (32,766).
@@ -70,13 +71,17 @@ fn sql(all: &'static [String], n: usize) -> &'static str {
 
 static SECRET_UPDATES: LazyLock<Vec<String>> = LazyLock::new(|| {
     statements(
-        "WITH v (tenant, name, kind, dek_version, envelope, updated_at, row_version, expected) AS (VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?, ?)",
+        "WITH v (tenant, name, kind, dek_version, envelope, updated_at, row_version, sealed,
+                 expected) AS (VALUES ",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ") UPDATE credvault_secrets SET kind = v.kind, dek_version = v.dek_version,
            envelope = v.envelope, updated_at = v.updated_at, row_version = v.row_version
          FROM v
          WHERE credvault_secrets.tenant = v.tenant AND credvault_secrets.name = v.name
-           AND credvault_secrets.row_version = v.expected",
+           AND credvault_secrets.row_version = v.expected
+           AND (v.sealed IS NULL OR EXISTS (SELECT 1 FROM credvault_deks d
+                WHERE d.tenant = v.tenant AND d.version = v.dek_version AND d.state = 1
+                  AND d.wrapped = v.sealed))",
     )
 });
 
@@ -120,16 +125,23 @@ pub(super) trait Batched: Sized {
     ) -> Result<RowVersion, Error>;
 }
 
-impl Batched for SecretRecord {
+/// A secret write of a batch: the record and its key condition.
+pub(super) struct SealedSecret {
+    pub(super) record: SecretRecord,
+    pub(super) key: KeyCondition,
+}
+
+impl Batched for SealedSecret {
     type Key<'a> = (&'a str, &'a str);
-    const VALUES: usize = 8;
+    const VALUES: usize = 9;
 
     fn key(&self) -> Self::Key<'_> {
-        (self.metadata.tenant.as_str(), self.metadata.name.as_str())
+        let m = &self.record.metadata;
+        (m.tenant.as_str(), m.name.as_str())
     }
 
     fn row_version(&self) -> RowVersion {
-        self.metadata.row_version
+        self.record.metadata.row_version
     }
 
     fn statement(n: usize) -> &'static str {
@@ -137,23 +149,24 @@ impl Batched for SecretRecord {
     }
 
     fn bind(&self, args: &mut SqliteArguments, expected: i64) -> Result<(), Error> {
-        let m = &self.metadata;
+        let m = &self.record.metadata;
         add(args, m.tenant.as_str())?;
         add(args, m.name.as_str())?;
         add(args, i64::from(m.kind.as_u8()))?;
         add(args, i64::from(m.dek_version.get()))?;
-        add(args, self.envelope.as_slice())?;
+        add(args, self.record.envelope.as_slice())?;
         add(args, m.updated_at.as_millis())?;
         add(args, to_sql_row_version(m.row_version)?)?;
+        add(args, sealed_under(&self.key))?;
         add(args, expected)
     }
 
     async fn write_one(
         conn: &mut SqliteConnection,
-        record: Self,
+        write: Self,
         mode: PutMode,
     ) -> Result<RowVersion, Error> {
-        write_secret(conn, record, mode).await
+        write_secret(conn, write.record, mode, &write.key).await
     }
 }
 
