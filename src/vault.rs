@@ -165,14 +165,28 @@ impl Inner {
         self.store.put_secret(record, mode, key).await
     }
 
-    /// [`Self::put_secret`] for a batch.
-    pub(crate) async fn put_secrets(
+    /// Writes a secret re-sealed under a newer key: the same value, conditional on the row
+    /// version it was read with and keeping it (a re-seal changes no value, so a
+    /// concurrent read-modify-write of the secret, holding that version, still succeeds
+    /// after it). The one path for the vault's re-encryption writes.
+    pub(crate) async fn reseal_secret(
         &self,
-        mut batch: Vec<SealedWrite>,
+        record: SecretRecord,
+        mode: PutMode,
+        key: KeyCondition,
+    ) -> Result<RowVersion, Error> {
+        debug_assert!(matches!(mode, PutMode::Update(v) if v == record.metadata.row_version));
+        self.store.put_secret(record, mode, key).await
+    }
+
+    /// [`Self::reseal_secret`] for a batch.
+    pub(crate) async fn reseal_secrets(
+        &self,
+        batch: Vec<SealedWrite>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
-        for (record, _, _) in &mut batch {
-            record.metadata.row_version = crate::crypto::fresh_row_version();
-        }
+        debug_assert!(batch.iter().all(
+            |(r, mode, _)| matches!(mode, PutMode::Update(v) if *v == r.metadata.row_version)
+        ));
         self.store.put_secrets(batch).await
     }
 

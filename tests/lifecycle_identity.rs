@@ -212,3 +212,88 @@ async fn a_write_under_a_key_destroyed_moments_ago_is_sealed_again_under_the_cur
         assert_eq!(lost, 0, "{backend}: {lost} acknowledged writes lost");
     }
 }
+
+/// Lazy re-encryption on one instance re-seals a secret under the new key while another
+/// instance holds its row version for a read-modify-write: the re-seal changed no value, so
+/// the update still succeeds (it is not a `Conflict`), and a re-seal after the update yields
+/// to it.
+#[tokio::test]
+async fn a_lazy_reseal_does_not_break_another_instances_read_modify_write() {
+    for (backend, store) in stores().await {
+        let lazy =
+            credvault::Vault::builder_with_store(std::sync::Arc::clone(&store), common::ring())
+                .with_reencrypt_on_read(true)
+                // Sees each rotation at once, so that every read below re-seals.
+                .with_active_key_ttl(std::time::Duration::ZERO)
+                .build()
+                .unwrap();
+        let plain = vault_over(&store);
+        let t = tenant("acme");
+        plain.create_tenant(&t).await.unwrap();
+        let n = name("counter");
+        let mut conflicts = 0;
+        for round in 0..ROUNDS {
+            plain
+                .put(&t, &n, &ApiKey::new(format!("{round}")))
+                .await
+                .unwrap();
+            let (_, seen) = plain.get_with_metadata::<ApiKey>(&t, &n).await.unwrap();
+            let newer = plain.rotate_tenant_key(&t).await.unwrap();
+            // The other instance reads, and so re-seals under the new version.
+            let (_, resealed) = lazy.get_with_metadata::<ApiKey>(&t, &n).await.unwrap();
+            assert_eq!(
+                resealed.dek_version, newer,
+                "{backend}: the read re-sealed it"
+            );
+            match plain
+                .update(&t, &n, &ApiKey::new(format!("{round}+1")), seen.row_version)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => conflicts += 1,
+                Err(e) => panic!("{backend}: {e}"),
+            }
+            let read: ApiKey = lazy.get(&t, &n).await.unwrap();
+            assert_eq!(read.expose_secret(), format!("{round}+1"), "{backend}");
+        }
+        assert_eq!(
+            conflicts, 0,
+            "{backend}: {conflicts} of {ROUNDS} updates failed after a re-seal"
+        );
+    }
+}
+
+/// An instance whose view of the active key is an hour old and that re-encrypts on read
+/// never moves a secret back to the older version it still believes active.
+#[tokio::test]
+async fn lazy_reencryption_from_a_stale_instance_never_moves_a_secret_back() {
+    for (backend, store) in stores().await {
+        let stale =
+            credvault::Vault::builder_with_store(std::sync::Arc::clone(&store), common::ring())
+                .with_reencrypt_on_read(true)
+                .with_active_key_ttl(std::time::Duration::from_hours(1))
+                .build()
+                .unwrap();
+        let current = vault_over(&store);
+        let t = tenant("acme");
+        current.create_tenant(&t).await.unwrap();
+        let n = name("k");
+        current.put(&t, &n, &ApiKey::new("v")).await.unwrap();
+        let _: ApiKey = stale.get(&t, &n).await.unwrap();
+        let newer = current.rotate_tenant_key(&t).await.unwrap();
+        current
+            .reencrypt_tenant(&t, &credvault::JobOptions::default())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let (read, meta) = stale.get_with_metadata::<ApiKey>(&t, &n).await.unwrap();
+            assert_eq!(read.expose_secret(), "v", "{backend}");
+            assert_eq!(meta.dek_version, newer, "{backend}: moved back");
+        }
+        let stored = store.get_secret(&t, &n).await.unwrap().unwrap();
+        assert_eq!(
+            stored.metadata.dek_version, newer,
+            "{backend}: moved back in the store"
+        );
+    }
+}

@@ -501,10 +501,9 @@ impl Vault {
         };
         record.metadata.dek_version = active.version;
         let key = KeyCondition::SealedUnder(Arc::clone(&active.dek.wrapped));
-        match inner
-            .put_secret(record, PutMode::Update(metadata.row_version), key)
-            .await
-        {
+        // The record keeps its row version: see `Inner::reseal_secrets`.
+        let mode = PutMode::Update(metadata.row_version);
+        match inner.reseal_secret(record, mode, key).await {
             Ok(row_version) => {
                 metadata.row_version = row_version;
                 metadata.dek_version = active.version;

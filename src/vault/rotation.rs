@@ -510,7 +510,7 @@ impl Inner {
                         }
                     }
                 }
-                for result in self.put_secrets(writes).await? {
+                for result in self.reseal_secrets(writes).await? {
                     match result {
                         Ok(_) => {
                             report.reencrypted += 1;

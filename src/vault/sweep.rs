@@ -417,7 +417,7 @@ impl Inner {
             .iter()
             .map(|(r, _, _)| r.metadata.tenant.clone())
             .collect();
-        for (tenant, result) in tenants.into_iter().zip(self.put_secrets(writes).await?) {
+        for (tenant, result) in tenants.into_iter().zip(self.reseal_secrets(writes).await?) {
             if result.is_ok() {
                 written.reencrypted += 1;
             } else {
