@@ -192,7 +192,7 @@ impl Inner {
                 self.unwrap_record(tenant, version, Some(record.clone()))
             })
             .await?;
-        if *dek.wrapped == *record.wrapped.as_bytes() {
+        if *dek.wrapped == *record.wrapped.as_bytes() && dek.suite == record.suite {
             return Ok(dek);
         }
         self.deks.remove(tenant, version);
@@ -240,12 +240,7 @@ impl Inner {
         if let Some(active) = fresh {
             return Ok(active);
         }
-        let deks = self.store.list_deks(tenant).await?;
-        let record = deks
-            .into_iter()
-            .filter(|r| r.state == DekState::Active)
-            .max_by_key(|r| r.version)
-            .ok_or(Error::TenantNotFound)?;
+        let record = self.newest_active(tenant).await?;
         let version = record.version;
         let dek = self.key_for(tenant, record).await?;
         // Keep what is left of this process's block if the active version did not change.
@@ -262,6 +257,45 @@ impl Inner {
         });
         self.active.insert(tenant, Arc::clone(&active));
         Ok(active)
+    }
+
+    /// The record of the key that seals the tenant's new secrets: its newest version, which
+    /// must be active. A lower version is never used, whatever state its record claims: a
+    /// store writer who marks an old (perhaps compromised) key active again gains nothing.
+    /// When the newest version is not active (a record edited in the store: every rotation
+    /// writes the next version before it demotes the old one), a new version is created
+    /// above it. A tenant whose newest version is destroyed has been deleted.
+    async fn newest_active(&self, tenant: &TenantId) -> Result<DekRecord, Error> {
+        for _ in 0..2 {
+            let newest = self
+                .store
+                .list_deks(tenant)
+                .await?
+                .into_iter()
+                .max_by_key(|r| r.version)
+                .ok_or(Error::TenantNotFound)?;
+            match newest.state {
+                DekState::Active => return Ok(newest),
+                DekState::Destroyed => return Err(Error::TenantNotFound),
+                DekState::DecryptOnly | DekState::Compromised | DekState::Retired => {
+                    let next = newest
+                        .version
+                        .next()
+                        .ok_or(Error::Config("data key versions exhausted"))?;
+                    tracing::warn!(
+                        tenant = %tenant,
+                        newest = newest.version.get(),
+                        "the tenant's newest data key is not active; creating the next version"
+                    );
+                    let record = self.mint_dek(tenant, next).await?;
+                    match self.put_dek(record, PutMode::Create).await {
+                        Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(Error::Conflict { what: "data key" })
     }
 
     /// Reserves one encryption under the tenant's active key: from the in-memory block, or
@@ -291,7 +325,9 @@ impl Inner {
     /// Reserves a block for `active` in the store and takes one count from it. Returns
     /// `false` if `active` is no longer the version to use (rotated, rolled or destroyed).
     async fn reserve_block(&self, tenant: &TenantId, active: &ActiveDek) -> Result<bool, Error> {
-        let limit = |suite| self.config.max_encryptions(suite);
+        // The limit of the suite the key was unwrapped for (bound into its wrap context),
+        // never the record's suite column, which a store writer could edit.
+        let max = self.config.max_encryptions(active.dek.suite);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let version = active.version;
             // Gone (the tenant deleted since), demoted, destroyed, or replaced by another key
@@ -301,11 +337,12 @@ impl Inner {
             let Some(record) = self.store.get_dek(tenant, version).await? else {
                 return Ok(false);
             };
-            if record.state != DekState::Active || *record.wrapped.as_bytes() != *active.dek.wrapped
+            if record.state != DekState::Active
+                || *record.wrapped.as_bytes() != *active.dek.wrapped
+                || record.suite != active.dek.suite
             {
                 return Ok(false);
             }
-            let max = limit(record.suite);
             let used = record.encryptions_reserved;
             let too_old = self.config.max_key_age.is_some_and(|age| {
                 let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);

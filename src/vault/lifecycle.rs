@@ -87,9 +87,14 @@ impl Vault {
             .inner
             .set_states(
                 tenant,
+                // An active version below the minimum is left over from an interrupted
+                // rotation (only the newest version seals): it is retired too.
                 |r| {
                     r.version < min
-                        && matches!(r.state, DekState::DecryptOnly | DekState::Compromised)
+                        && matches!(
+                            r.state,
+                            DekState::Active | DekState::DecryptOnly | DekState::Compromised
+                        )
                 },
                 DekState::Retired,
             )
@@ -177,7 +182,8 @@ impl Vault {
     /// Marks a data-key version as suspected compromised. If it is the active version, the
     /// tenant is first rotated to a new one. The key keeps decrypting (so that
     /// [`Self::reencrypt_tenant`] can move its secrets away) and is destroyed by
-    /// [`Self::destroy_unused_keys`] once nothing references it.
+    /// [`Self::destroy_unused_keys`] once nothing references it. A version already retired
+    /// or destroyed stays as it is: it opens nothing, and marking it must not change that.
     ///
     /// # Errors
     /// [`Error::KeyMissing`] if the version does not exist; a key-provider or storage error.
@@ -191,7 +197,9 @@ impl Vault {
             .iter()
             .find(|r| r.version == version)
             .ok_or(Error::KeyMissing { version })?;
-        if record.state == DekState::Destroyed {
+        // A destroyed key opens nothing and a retired one opens nothing more: marking either
+        // compromised must not make it decryptable again.
+        if matches!(record.state, DekState::Destroyed | DekState::Retired) {
             return Ok(());
         }
         let newest_active = deks
@@ -205,7 +213,10 @@ impl Vault {
         self.inner
             .set_states(
                 tenant,
-                |r| r.version == version && r.state != DekState::Destroyed,
+                |r| {
+                    r.version == version
+                        && !matches!(r.state, DekState::Destroyed | DekState::Retired)
+                },
                 DekState::Compromised,
             )
             .await?;
