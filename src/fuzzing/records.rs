@@ -220,7 +220,7 @@ fn dek_row(columns: DekColumns) -> Outcome {
         && (1..=2).contains(&columns.suite)
         && crate::ids::MasterKeyId::new(&columns.master_key_id).is_ok()
         && columns.encryptions_reserved >= 0
-        && columns.row_version >= 0;
+        && columns.row_version >= 1;
     let row = columns.into_row();
     match row.clone().into_record() {
         Ok(record) => {
@@ -250,7 +250,7 @@ fn secret_row(columns: SecretColumns) -> Outcome {
         && crate::ids::SecretName::new(&columns.name).is_ok()
         && (1..=3).contains(&columns.kind)
         && version_ok(columns.dek_version)
-        && columns.row_version >= 0;
+        && columns.row_version >= 1;
     let meta = MetaRow {
         tenant: columns.tenant,
         name: columns.name,

@@ -270,6 +270,12 @@ fn record_seeds(out: &mut Vec<Seed>) {
         secret_with(|s| s.dek_version = i64::from(u32::MAX) + 1),
     );
     c.invalid("secret_row_version", secret_with(|s| s.row_version = -1));
+    // No write stores row version 0 (found by the fuzzer once decoding accepted it).
+    c.invalid(
+        "secret_row_version_zero",
+        secret_with(|s| s.row_version = 0),
+    );
+    c.invalid("dek_row_version_zero", dek_with(|d| d.row_version = 0));
     redis_seeds(&mut c, &secret.envelope);
     c.invalid("unknown_format", vec![0x7f]);
     c.invalid("short", edit(&dek.to_fuzz_bytes(), |b| b.truncate(20)));

@@ -30,6 +30,14 @@ fn unsigned(value: i64, field: &'static str) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| bad(field))
 }
 
+/// A stored row version: 1 to [`RowVersion::MAX`] (no write stores another).
+fn stored_row_version(value: i64) -> Result<RowVersion, Error> {
+    match unsigned(value, "row version")? {
+        0 => Err(bad("row version")),
+        v => Ok(RowVersion(v)),
+    }
+}
+
 /// A stored integer column for a `u64` (SQL integers are signed 64-bit).
 pub(crate) fn to_sql_u64(value: u64, field: &'static str) -> Result<i64, Error> {
     i64::try_from(value).map_err(|_| Error::invalid(field, "exceeds the range of a stored integer"))
@@ -102,7 +110,7 @@ fn dek_record(
         encryptions_reserved: unsigned(encryptions_reserved, "encryptions reserved")?,
         created_at: Timestamp::from_millis(created_at),
         updated_at: Timestamp::from_millis(updated_at),
-        row_version: RowVersion(unsigned(row_version, "row version")?),
+        row_version: stored_row_version(row_version)?,
     })
 }
 
@@ -168,7 +176,7 @@ fn metadata(
         dek_version: version(dek_version, "DEK version")?,
         created_at: Timestamp::from_millis(created_at),
         updated_at: Timestamp::from_millis(updated_at),
-        row_version: RowVersion(unsigned(row_version, "row version")?),
+        row_version: stored_row_version(row_version)?,
     })
 }
 
