@@ -254,6 +254,9 @@ impl SqliteStore {
             SqliteSynchronous::Normal
         })
         .busy_timeout(options.busy_timeout)
+        // Deleted and overwritten content is overwritten with zeros, so that the bytes of a
+        // destroyed data key do not linger in free space of the database file.
+        .pragma("secure_delete", "ON")
         .foreign_keys(true)
         .row_buffer_size(ROW_BUFFER);
         let mut pool = SqlitePoolOptions::new().max_connections(options.max_connections);
@@ -414,6 +417,17 @@ fn map_err(e: sqlx::Error) -> Error {
         Error::unavailable(BACKEND, e)
     } else {
         Error::storage(BACKEND, e)
+    }
+}
+
+/// After a data key was destroyed or its record deleted: empties the write-ahead log, whose
+/// earlier frames still hold the key's wrapped bytes (`secure_delete` zeroes them in the
+/// database file when the log is copied into it). A checkpoint that another connection
+/// keeps from finishing leaves them in the log until the next one; that is logged, and the
+/// write that destroyed the key still stands.
+async fn erase_log(conn: &mut SqliteConnection) {
+    if let Err(e) = checkpoint(conn).await {
+        tracing::warn!(error = %e, "the SQLite write-ahead log could not be emptied after a data key was destroyed; its bytes stay in the log until the next checkpoint");
     }
 }
 
@@ -733,7 +747,11 @@ impl Store for SqliteStore {
     async fn put_dek(&self, record: DekRecord, mode: PutMode) -> Result<RowVersion, Error> {
         let _turn = self.writes.enter().await?;
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
-        write_dek(&mut conn, &record, mode).await
+        let written = write_dek(&mut conn, &record, mode).await?;
+        if record.state == DekState::Destroyed {
+            erase_log(&mut conn).await;
+        }
+        Ok(written)
     }
 
     async fn get_secret(
@@ -939,10 +957,15 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?,
         };
-        drop(turn);
         if done.rows_affected() == 1 {
+            // A record that still held a key's bytes (deleted without being destroyed first)
+            // is erased from the log as a destroyed one is.
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            erase_log(&mut conn).await;
+            drop(turn);
             return Ok(true);
         }
+        drop(turn);
         if expected.is_some() && self.get_dek(tenant, version).await?.is_some() {
             return Err(Error::Conflict { what: "data key" });
         }
@@ -1100,7 +1123,13 @@ impl Store for SqliteStore {
         &self,
         batch: Vec<(DekRecord, PutMode)>,
     ) -> Result<Vec<Result<RowVersion, Error>>, Error> {
+        let destroys = batch.iter().any(|(r, _)| r.state == DekState::Destroyed);
         let _turn = self.writes.enter().await?;
-        batch::write(&self.pool, batch).await
+        let written = batch::write(&self.pool, batch).await?;
+        if destroys {
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            erase_log(&mut conn).await;
+        }
+        Ok(written)
     }
 }
