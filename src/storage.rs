@@ -219,6 +219,28 @@ pub enum PutMode {
     Upsert,
 }
 
+/// How completely a store's own files are rid of the records deleted from it (what
+/// [`Store::erase_deleted`] reports, and a [`crate::DeletionReceipt`] carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Erasure {
+    /// No byte of a deleted or erased record remains in the store's files (backups and
+    /// copies made before are another matter; see `SECURITY.md`).
+    Complete,
+    /// Bytes of deleted records remain until the operator or the server does what the
+    /// sentence says.
+    Pending(&'static str),
+}
+
+impl fmt::Display for Erasure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Complete => f.write_str("erased from the store's files"),
+            Self::Pending(what) => f.write_str(what),
+        }
+    }
+}
+
 /// What a secret write requires of the data key it was sealed under.
 ///
 /// The vault seals a secret under the tenant's current data key as this process knows it,
@@ -318,6 +340,15 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// the busy timeout because another process kept reading an older snapshot; the log
     /// stays beside the database, and every acknowledged write is in it).
     async fn close(&self) -> Result<(), Error>;
+
+    /// Makes the records deleted or erased so far (a deleted tenant's destroyed data keys
+    /// above all) unrecoverable from the store's own files as far as the backend can, and
+    /// says what remains: [`Erasure::Complete`], or what the operator or the server still
+    /// has to do. The vault calls it at the end of [`crate::Vault::delete_tenant`].
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] or [`Error::Storage`].
+    async fn erase_deleted(&self) -> Result<Erasure, Error>;
 
     /// One data-key record.
     ///

@@ -332,6 +332,9 @@ impl Store for LostKeys {
     async fn close(&self) -> Result<(), Error> {
         self.inner.close().await
     }
+    async fn erase_deleted(&self) -> Result<credvault::storage::Erasure, Error> {
+        self.inner.erase_deleted().await
+    }
     async fn get_dek(
         &self,
         tenant: &TenantId,

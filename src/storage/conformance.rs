@@ -1446,6 +1446,8 @@ pub async fn a_closed_store_refuses_every_operation_as_unavailable(store: Arc<dy
     )
     .await;
 
+    refused("erase_deleted", store.erase_deleted()).await;
+
     tokio::time::timeout(PROMPTLY, store.close())
         .await
         .expect("a second close returns")

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{DekRecord, Erasure, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 
@@ -108,6 +108,11 @@ impl Store for FaultyStore {
 
     async fn close(&self) -> Result<(), Error> {
         self.inner.close().await
+    }
+
+    async fn erase_deleted(&self) -> Result<Erasure, Error> {
+        self.check_alive()?;
+        self.inner.erase_deleted().await
     }
 
     async fn get_dek(

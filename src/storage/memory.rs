@@ -12,7 +12,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::{DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, Timestamp};
+use super::{
+    DekRecord, Erasure, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, Timestamp,
+};
 use crate::error::Error;
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
 use crate::secret::SecretKind;
@@ -242,6 +244,13 @@ fn check_mode<T>(
 impl Store for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
+    }
+
+    /// Nothing is kept anywhere but in this process's memory, whose freed blocks hold only
+    /// ciphertext and wrapped keys.
+    async fn erase_deleted(&self) -> Result<Erasure, Error> {
+        drop(self.read()?);
+        Ok(Erasure::Complete)
     }
 
     /// Drops every record (nothing else would ever read them) and refuses what follows.

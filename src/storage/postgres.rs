@@ -28,7 +28,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::rows::{DekRow, MetaRow, secret_record, sql as columns, to_sql_u64};
 use super::{
-    DekRecord, DekState, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store,
+    DekRecord, DekState, Erasure, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store,
     keep_conditional,
 };
 use crate::error::{Error, FormatError, Structure};
@@ -472,6 +472,19 @@ fn written_version(
 impl Store for PostgresStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// PostgreSQL keeps deleted rows in the table file (as dead tuples, and in free space
+    /// after a plain `VACUUM`) and in its write-ahead log; the store cannot rewrite the table
+    /// without taking an exclusive lock on it, so it says what the operator must do.
+    async fn erase_deleted(&self) -> Result<Erasure, Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(Erasure::Pending(
+            "PostgreSQL keeps the deleted rows' bytes in the data-key table file until VACUUM FULL rewrites it, and in its write-ahead log until the segments are recycled: run VACUUM FULL on the data-key table, then CHECKPOINT; archived WAL, replicas and backups keep them as they are",
+        ))
     }
 
     /// Closes the pool (a pool passed to [`PostgresStore::from_pool`] too, with every

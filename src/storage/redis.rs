@@ -26,7 +26,8 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use super::rows::{MAX_STORED_ENVELOPE, MAX_STORED_WRAPPED_KEY, to_sql_row_version, to_sql_u64};
 use super::{
-    DekRecord, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store, keep_conditional,
+    DekRecord, Erasure, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store,
+    keep_conditional,
 };
 use crate::error::{Error, FormatError, Structure};
 use crate::ids::{DekVersion, RowVersion, SecretName, TenantId};
@@ -633,6 +634,32 @@ impl fmt::Debug for RedisStore {
 impl Store for RedisStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// With AOF persistence on, starts a rewrite of the append-only file (`BGREWRITEAOF`),
+    /// which leaves out the deleted keys; the server finishes it in the background.
+    async fn erase_deleted(&self) -> Result<Erasure, Error> {
+        let info = passthrough_outage(self.info("persistence").await)?;
+        let aof = info.as_deref().and_then(|i| info_field(i, "aof_enabled")) == Some("1");
+        if !aof {
+            return Ok(Erasure::Pending(
+                "Redis keeps nothing of the deleted keys but in RDB snapshots it saved before the deletion, until a later save replaces them",
+            ));
+        }
+        let mut conn = self.conn.lease().await?;
+        match redis::cmd("BGREWRITEAOF")
+            .query_async::<Value>(&mut *conn)
+            .await
+        {
+            Ok(_) => {}
+            // A rewrite already under way or scheduled includes the deletion, or the command
+            // is not permitted: the sentence below says what to do either way.
+            Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::ResponseError) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        Ok(Erasure::Pending(
+            "Redis rewrites its append-only file in the background (BGREWRITEAOF), which leaves the deleted keys out; until it finishes (INFO persistence: aof_rewrite_in_progress:0), and in RDB snapshots saved before, their bytes remain",
+        ))
     }
 
     /// Waits for the operations under way, then drops the store's connection manager (a

@@ -36,7 +36,9 @@ mod bulk;
 mod gate;
 
 use super::rows::{DekRow, MetaRow, lite, secret_record, sql as columns, to_sql_u64};
-use super::{DekRecord, DekState, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store};
+use super::{
+    DekRecord, DekState, Erasure, KeyCondition, PutMode, SecretMetadata, SecretRecord, Store,
+};
 use crate::error::Error;
 use crate::ids::{DekVersion, MasterKeyId, RowVersion, SecretName, TenantId};
 use bulk::BulkReader;
@@ -680,6 +682,21 @@ type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 impl Store for SqliteStore {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    /// Empties the write-ahead log into the database file, where `secure_delete` has zeroed
+    /// deleted content (every destruction of a key does the same on its own; this reports
+    /// whether the log is empty now).
+    async fn erase_deleted(&self) -> Result<Erasure, Error> {
+        let _turn = self.writes.enter().await?;
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        Ok(match checkpoint(&mut conn).await {
+            Ok(()) => Erasure::Complete,
+            Err(Error::Unavailable { .. }) => Erasure::Pending(
+                "another connection to the SQLite database kept its write-ahead log from being emptied: the deleted keys' bytes stay in the log until the next checkpoint (closing every connection empties it)",
+            ),
+            Err(e) => return Err(e),
+        })
     }
 
     /// Waits for the scans and writes under way, checkpoints the write-ahead log into the

@@ -106,6 +106,9 @@ pub struct DeletionReceipt {
     pub secrets_deleted: u64,
     /// Data-key records (destroyed tombstones) this call removed.
     pub dek_records_removed: u64,
+    /// Whether the store's own files are rid of the destroyed keys' bytes, or what the
+    /// operator must still do ([`Store::erase_deleted`](crate::storage::Store::erase_deleted)).
+    pub erasure: crate::storage::Erasure,
     /// When the deletion completed.
     pub completed_at: Timestamp,
 }

@@ -234,6 +234,11 @@ impl Vault {
     /// Any copy of the old rows (a database backup) stays unreadable even with the master
     /// key, because the data keys that sealed them no longer exist anywhere.
     ///
+    /// Last, the store is asked to rid its own files of the destroyed keys' bytes
+    /// ([`crate::storage::Store::erase_deleted`]); the receipt's `erasure` says whether that
+    /// is complete (SQLite, memory) or what the operator must still do (PostgreSQL: `VACUUM
+    /// FULL` of the data-key table; Redis: the append-only file rewrite it started).
+    ///
     /// # Errors
     /// A storage error (call again to resume).
     pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<DeletionReceipt, Error> {
@@ -281,12 +286,15 @@ impl Vault {
                 dek_records_removed += 1;
             }
         }
-        tracing::info!(tenant = %tenant, secrets_deleted, "tenant deleted");
+        // 4. Rid the store's files of the destroyed keys' bytes, as far as it can.
+        let erasure = inner.store.erase_deleted().await?;
+        tracing::info!(tenant = %tenant, secrets_deleted, %erasure, "tenant deleted");
         Ok(DeletionReceipt {
             tenant: tenant.clone(),
             dek_versions_destroyed: destroyed,
             secrets_deleted,
             dek_records_removed,
+            erasure,
             completed_at: Timestamp::now(),
         })
     }
