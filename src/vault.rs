@@ -4,6 +4,7 @@
 
 mod active;
 mod builder;
+mod janitor;
 mod jobs;
 mod lifecycle;
 mod ops;
@@ -53,6 +54,8 @@ struct Inner {
     config: Config,
     deks: DekCache,
     active: ActiveKeys,
+    /// Ends the cache janitor's thread when the vault is dropped.
+    _janitor: janitor::Janitor,
 }
 
 /// What [`Vault::create_tenant`] did.

@@ -220,6 +220,38 @@ impl DekCache {
         self.lock().remove(tenant.as_str(), version);
     }
 
+    /// Drops every expired entry (their keys are zeroized as their last holder lets go of
+    /// them): what the vault's janitor does, so that a key leaves memory within its TTL
+    /// whether or not it is asked for again. Returns how many were dropped.
+    pub(crate) fn purge_expired(&self) -> usize {
+        let now = crate::clock::coarse_monotonic();
+        let mut expired: Vec<Slot> = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Inner {
+                map, order, len, ..
+            } = &mut *inner;
+            map.retain(|_, slots| {
+                let (keep, gone): (Vec<Slot>, Vec<Slot>) = std::mem::take(slots)
+                    .into_iter()
+                    .partition(|s| s.expires > now);
+                *len -= gone.len();
+                expired.extend(gone);
+                *slots = keep;
+                !slots.is_empty()
+            });
+            if !expired.is_empty() {
+                order.retain(|(t, v, g)| {
+                    map.get(t.as_str()).is_some_and(|slots| {
+                        slots.iter().any(|s| s.version == *v && s.generation == *g)
+                    })
+                });
+            }
+        }
+        // The entries are dropped here, outside the lock.
+        expired.len()
+    }
+
     /// Number of live entries (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -125,6 +125,29 @@ impl ActiveKeys {
         self.lock().remove(tenant);
     }
 
+    /// Forgets every expired entry (see [`crate::keys::DekCache::purge_expired`]); returns
+    /// how many.
+    pub(crate) fn purge_expired(&self) -> usize {
+        let now = crate::clock::coarse_monotonic();
+        let mut map = self.lock();
+        let expired: Vec<Arc<ActiveDek>> = {
+            let gone: Vec<TenantId> = map
+                .iter()
+                .filter(|(_, a)| !a.is_fresh(now))
+                .map(|(t, _)| t.clone())
+                .collect();
+            gone.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        drop(map);
+        expired.len()
+    }
+
+    /// Number of entries (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Forgets every entry.
     pub(crate) fn clear(&self) {
         let old = std::mem::take(&mut *self.lock());

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::janitor::Janitor;
 use super::{ActiveKeys, Inner, Vault};
 use crate::crypto::Suite;
 use crate::error::Error;
@@ -182,15 +183,17 @@ impl VaultBuilder {
     pub(crate) fn build_unchecked(self) -> Vault {
         let deks = DekCache::new(self.config.dek_cache_capacity, self.config.dek_cache_ttl);
         let active = ActiveKeys::new(self.config.dek_cache_capacity);
-        Vault {
-            inner: Arc::new(Inner {
-                store: self.store,
-                memory: self.memory,
-                keys: std::sync::RwLock::new(Arc::new(self.keys)),
-                config: self.config,
-                deks,
-                active,
-            }),
-        }
+        let (janitor, wait) = Janitor::channel();
+        let inner = Arc::new(Inner {
+            store: self.store,
+            memory: self.memory,
+            keys: std::sync::RwLock::new(Arc::new(self.keys)),
+            config: self.config,
+            deks,
+            active,
+            _janitor: janitor,
+        });
+        Janitor::start(&inner, wait);
+        Vault { inner }
     }
 }
