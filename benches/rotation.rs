@@ -123,8 +123,11 @@ async fn raw_batched_update(store: &SqliteStore, table: Table) -> Duration {
                 let last = page.len() < BATCH;
                 batches.push(
                     page.into_iter()
-                        .map(|r| {
+                        .map(|mut r| {
+                            // A version of its own for the rewritten row, as every write
+                            // stores (the job draws a random one).
                             let v = r.row_version;
+                            r.row_version = RowVersion(v.0 % RowVersion::MAX.0 + 1);
                             (r, PutMode::Update(v))
                         })
                         .collect::<Vec<_>>(),
