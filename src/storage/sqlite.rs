@@ -212,6 +212,8 @@ pub struct SqliteStore {
     writes: WriteGate,
     /// The paged scans' reader (`bulk`), for a store over a file it opened itself.
     bulk: Option<BulkReader>,
+    /// Whether every connection runs with `secure_delete` (not known of a caller's pool).
+    secure_delete: bool,
 }
 
 impl SqliteStore {
@@ -279,12 +281,15 @@ impl SqliteStore {
                 .map(|path| BulkReader::new(path, options.busy_timeout, options.max_connections)),
             path: options.path,
             writes: WriteGate::new(options.busy_timeout),
+            secure_delete: true,
         };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Uses a pool the caller already has, creating or migrating the schema in it.
+    /// Uses a pool the caller already has, creating or migrating the schema in it. Give its
+    /// connections `PRAGMA secure_delete = ON` for deleted keys to be erased from the file;
+    /// [`Store::erase_deleted`] cannot tell, and says so.
     ///
     /// # Errors
     /// As [`Self::open`].
@@ -294,6 +299,7 @@ impl SqliteStore {
             path: None,
             writes: WriteGate::new(DEFAULT_BUSY_TIMEOUT),
             bulk: None,
+            secure_delete: false,
         };
         store.migrate().await?;
         Ok(store)
@@ -691,6 +697,9 @@ impl Store for SqliteStore {
         let _turn = self.writes.enter().await?;
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         Ok(match checkpoint(&mut conn).await {
+            Ok(()) if !self.secure_delete => Erasure::Pending(
+                "the store runs over a pool passed to SqliteStore::from_pool: unless its connections set PRAGMA secure_delete = ON, deleted keys' bytes may remain in free space of the database file",
+            ),
             Ok(()) => Erasure::Complete,
             Err(Error::Unavailable { .. }) => Erasure::Pending(
                 "another connection to the SQLite database kept its write-ahead log from being emptied: the deleted keys' bytes stay in the log until the next checkpoint (closing every connection empties it)",

@@ -77,6 +77,11 @@ impl Vault {
                 "above the active version",
             ));
         }
+        // An older version still active (left over from an interrupted rotation) is
+        // demoted first, and only then are the secrets counted: a version that is not
+        // active can gain no secret (the store refuses writes sealed under it), so the
+        // count stays true until the versions are retired.
+        self.inner.demote_older_actives(tenant).await?;
         let counts = self.inner.secrets_per_version(tenant).await?;
         if counts.iter().any(|(v, n)| *v < min && *n > 0) {
             return Err(Error::InUse {
@@ -87,14 +92,9 @@ impl Vault {
             .inner
             .set_states(
                 tenant,
-                // An active version below the minimum is left over from an interrupted
-                // rotation (only the newest version seals): it is retired too.
                 |r| {
                     r.version < min
-                        && matches!(
-                            r.state,
-                            DekState::Active | DekState::DecryptOnly | DekState::Compromised
-                        )
+                        && matches!(r.state, DekState::DecryptOnly | DekState::Compromised)
                 },
                 DekState::Retired,
             )
