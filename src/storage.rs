@@ -272,6 +272,16 @@ impl fmt::Debug for KeyCondition {
 }
 
 impl KeyCondition {
+    /// The sealing key's wrapped bytes, or `None` for [`KeyCondition::Unchecked`] (what SQL
+    /// backends bind, `NULL` meaning no condition).
+    #[must_use]
+    pub fn sealed_under(&self) -> Option<&[u8]> {
+        match self {
+            Self::SealedUnder(wrapped) => Some(wrapped),
+            Self::Unchecked => None,
+        }
+    }
+
     /// Whether `dek`, the record of the written secret's tenant and data-key version (or
     /// `None` when there is none), satisfies the condition. For backends that check it in
     /// code; SQL backends state it in the write's `WHERE` clause.

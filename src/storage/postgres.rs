@@ -393,10 +393,7 @@ async fn write_secret(
     key: &KeyCondition,
 ) -> Result<RowVersion, Error> {
     let row = MetaRow::from_metadata(&record.metadata)?;
-    let sealed: Option<&[u8]> = match key {
-        KeyCondition::SealedUnder(wrapped) => Some(wrapped),
-        KeyCondition::Unchecked => None,
-    };
+    let sealed = key.sealed_under();
     let (tenant, version) = (row.tenant.clone(), row.dek_version);
     let query = match mode {
         PutMode::Create | PutMode::Upsert => {

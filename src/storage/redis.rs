@@ -318,10 +318,7 @@ impl RedisStore {
     ) -> Result<Cmd, Error> {
         let m = &record.metadata;
         let (mode_arg, expected) = mode_args(mode)?;
-        let (check, sealed): (&str, &[u8]) = match key {
-            KeyCondition::SealedUnder(wrapped) => ("k", wrapped),
-            KeyCondition::Unchecked => ("", b""),
-        };
+        let (check, sealed) = key.sealed_under().map_or(("", &b""[..]), |w| ("k", w));
         let mut cmd = evalsha(&self.scripts.put_secret, 3);
         cmd.arg(self.layout.secret_key(&m.tenant, &m.name))
             .arg(&self.layout.secrets_index)

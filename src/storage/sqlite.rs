@@ -573,14 +573,6 @@ macro_rules! secret_source {
     };
 }
 
-/// The sealing key's wrapped bytes of a key condition, or `None` for none.
-fn sealed_under(key: &KeyCondition) -> Option<&[u8]> {
-    match key {
-        KeyCondition::SealedUnder(wrapped) => Some(wrapped),
-        KeyCondition::Unchecked => None,
-    }
-}
-
 /// Whether `key` holds for the secret of `tenant` under data-key `version`: why a secret
 /// write that wrote nothing failed.
 async fn key_holds(
@@ -589,7 +581,7 @@ async fn key_holds(
     version: i64,
     key: &KeyCondition,
 ) -> Result<bool, Error> {
-    let Some(wrapped) = sealed_under(key) else {
+    let Some(wrapped) = key.sealed_under() else {
         return Ok(true);
     };
     sqlx::query_scalar(
@@ -614,7 +606,7 @@ async fn write_secret(
     let row = MetaRow::from_metadata(&record.metadata)?;
     let stored = record.metadata.row_version;
     let (tenant, version) = (row.tenant.clone(), row.dek_version);
-    let sealed = sealed_under(key);
+    let sealed = key.sealed_under();
     let envelope = record.envelope;
     let what = "secret";
     let insert = |sql: &'static str| {

@@ -31,7 +31,7 @@ use std::sync::LazyLock;
 use sqlx::Arguments;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
 
-use super::{BACKEND, map_err, sealed_under, write_dek, write_secret};
+use super::{BACKEND, map_err, write_dek, write_secret};
 use crate::error::Error;
 use crate::ids::RowVersion;
 use crate::storage::rows::{to_sql_row_version, to_sql_u64};
@@ -157,7 +157,7 @@ impl Batched for SealedSecret {
         add(args, self.record.envelope.as_slice())?;
         add(args, m.updated_at.as_millis())?;
         add(args, to_sql_row_version(m.row_version)?)?;
-        add(args, sealed_under(&self.key))?;
+        add(args, self.key.sealed_under())?;
         add(args, expected)
     }
 
