@@ -224,3 +224,35 @@ mod close {
         vault.close().await.unwrap();
     }
 }
+
+/// A database file that cannot be opened (its directory does not exist) is `Unavailable`,
+/// as `SqliteStore::open` documents, not a generic storage failure.
+#[tokio::test]
+async fn a_file_that_cannot_be_opened_is_unavailable() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let err = SqliteStore::open(dir.path().join("missing").join("x.db"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), credvault::ErrorKind::Unavailable, "{err}");
+}
+
+/// A store over a caller's pool cannot know whether its connections zero deleted content
+/// (`secure_delete`), so it never reports erasure as complete; a store it opened itself does.
+#[tokio::test]
+async fn erasure_over_a_callers_pool_is_reported_as_pending() {
+    use credvault::storage::{Erasure, Store};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("pool.db");
+    let own = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(own.erase_deleted().await.unwrap(), Erasure::Complete);
+    own.close().await.unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let pool = sqlx::sqlite::SqlitePool::connect_with(options)
+        .await
+        .unwrap();
+    let theirs = SqliteStore::from_pool(pool).await.unwrap();
+    assert!(
+        matches!(theirs.erase_deleted().await.unwrap(), Erasure::Pending(what) if what.contains("secure_delete"))
+    );
+    theirs.close().await.unwrap();
+}
